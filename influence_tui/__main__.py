@@ -1,0 +1,3 @@
+from influence_tui.cli import main
+
+raise SystemExit(main())

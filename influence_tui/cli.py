@@ -1,0 +1,342 @@
+"""The ``influence`` command line and the ``influence-tui`` entry point.
+
+Builds the core services once per command and renders their results; no logic of its own beyond that.
+Importing this module must stay cheap: no torch, no transformers, no textual (the TUI is imported only by
+``influence tui``), so ``influence --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from influence_tui import __version__
+from influence_tui.core.errors import InfluenceError
+from influence_tui.core.units import human_count, human_size
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from influence_tui.core.config import Settings
+    from influence_tui.core.types import LocalModel
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+# ---------------------------------------------------------------------------------------- formatting
+
+
+def _console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    tty = stream.isatty()
+    # Piped output gets a wide console so names and paths are never cut or wrapped.
+    return Console(file=stream, width=None if tty else 240, highlight=False, soft_wrap=not tty)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+# ---------------------------------------------------------------------------------------- services
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    from influence_tui.core.config import load_settings
+
+    flags = {name: getattr(args, name, None) for name in ("models_dir", "model", "device", "dtype")}
+    return load_settings(flags)
+
+
+def _library(args: argparse.Namespace) -> Any:
+    from influence_tui.core.library import Library
+
+    return Library(_settings(args))
+
+
+# ---------------------------------------------------------------------------------------- commands
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    models: list[LocalModel] = _library(args).models()
+    if args.json:
+        _print_json([m.to_dict() for m in models])
+        return EXIT_OK
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    from influence_tui.core.types import SOURCE_LABELS
+
+    console = _console()
+    if not models:
+        console.print("No models yet. `influence import PATH` adds a GGUF file or model folder.")
+        return EXIT_OK
+    table = Table(box=box.SIMPLE_HEAD if console.is_terminal else None, pad_edge=False)
+    for column, justify in (
+        ("NAME", "left"),
+        ("FORMAT", "left"),
+        ("ARCH", "left"),
+        ("PARAMS", "right"),
+        ("CONTEXT", "right"),
+        ("SIZE", "right"),
+        ("SOURCE", "left"),
+    ):
+        table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for m in models:
+        name = Text(m.name)
+        if not m.loadable:
+            name.append(" !", style="bold red")
+        source = SOURCE_LABELS[m.source] + (" (link)" if m.linked else "")
+        table.add_row(
+            name,
+            m.format_label,
+            m.architecture or "-",
+            human_count(m.parameters),
+            str(m.context_length) if m.context_length else "-",
+            human_size(m.size_bytes),
+            source,
+        )
+    console.print(table)
+    for m in models:
+        for problem in m.problems:
+            console.print(Text.assemble(("! ", "bold red"), (m.name, "bold"), f": {problem}"))
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    model: LocalModel = _library(args).resolve(args.name)
+    if args.json:
+        _print_json(model.to_dict())
+        return EXIT_OK
+    from rich.table import Table
+    from rich.text import Text
+
+    from influence_tui.core.types import SOURCE_LABELS
+
+    console = _console()
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    rows: list[tuple[str, str]] = [
+        ("name", model.name),
+        ("path", str(model.path) + (" (link)" if model.linked else "")),
+        ("source", SOURCE_LABELS[model.source]),
+        ("format", model.format),
+        ("quantization", model.quantization or "-"),
+        ("architecture", model.architecture or "-"),
+        ("classes", ", ".join(model.architectures) or "-"),
+        ("parameters", f"{model.parameters:,} ({human_count(model.parameters)})" if model.parameters else "-"),
+        ("context length", str(model.context_length or "-")),
+        ("size", f"{human_size(model.size_bytes)} ({model.size_bytes:,} bytes)"),
+        ("tokenizer", "yes" if model.has_tokenizer else "no"),
+        ("chat template", "yes" if model.has_chat_template else "no"),
+        ("complete", "yes" if model.complete else "no"),
+        ("loadable", "yes" if model.loadable else "no"),
+    ]
+    if model.revision:
+        rows.append(("revision", model.revision))
+    for key, value in rows:
+        grid.add_row(key, Text(value))
+    for i, path in enumerate(model.weight_files):
+        grid.add_row("weights" if i == 0 else "", Text(str(path)))
+    for problem in model.problems:
+        grid.add_row(Text("problem", style="bold red"), Text(problem))
+    console.print(grid)
+    return EXIT_OK
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    library = _library(args)
+    model: LocalModel = library.get(args.name)
+    what = f"{model.name} ({human_size(model.size_bytes)}{', a link' if model.linked else ''}) at {model.path}"
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise InfluenceError(f"not removing {model.name} without confirmation", hint="add --yes to remove it")
+        answer = input(f"Remove {what}? [y/N] ").strip().lower()
+        if answer not in ("y", "yes"):
+            print("Nothing removed.")
+            return EXIT_OK
+    removed = library.remove(model)
+    print(f"Removed {model.name}: " + ", ".join(str(p) for p in removed))
+    return EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    library = _library(args)
+    result = library.import_model(Path(args.path), name=args.name, link=args.link)
+    model = result.model
+    how = "Linked" if result.linked else f"Copied {human_size(result.copied_bytes)}"
+    print(f"{how}: {model.name} ({model.format_label}) -> {model.path}")
+    for problem in model.problems:
+        print(f"! {problem}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from influence_tui.core import config, paths
+
+    action = args.action
+    if action == "path":
+        print(paths.config_file())
+        return EXIT_OK
+    if action == "set":
+        if args.key is None or args.value is None:
+            raise InfluenceError("usage: influence config set KEY VALUE")
+        written = config.write_setting(args.key, args.value)
+        print(f"{args.key} = {args.value}  (saved in {written})")
+        return EXIT_OK
+    if action == "unset":
+        if args.key is None:
+            raise InfluenceError("usage: influence config unset KEY")
+        written = config.write_setting(args.key, None)
+        print(f"{args.key} removed from {written}")
+        return EXIT_OK
+    settings = _settings(args)
+    if args.json:
+        _print_json(
+            {
+                name: {
+                    "value": None
+                    if getattr(settings, name) is None
+                    else (
+                        config.display_value(settings, name)
+                        if config.is_secret(name)
+                        else _jsonable(getattr(settings, name))
+                    ),
+                    "source": settings.source(name),
+                    "env": list(config.setting_env_vars(name)),
+                }
+                for name in config.SETTING_NAMES
+            }
+        )
+        return EXIT_OK
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    console = _console()
+    table = Table(box=box.SIMPLE_HEAD if console.is_terminal else None, pad_edge=False)
+    table.add_column("SETTING", no_wrap=True)
+    table.add_column("VALUE", overflow="fold")
+    table.add_column("SOURCE", overflow="fold")
+    table.add_column("ENV", overflow="fold", style="dim")
+    for name in config.SETTING_NAMES:
+        source = settings.source(name)
+        table.add_row(
+            name,
+            Text(config.display_value(settings, name), style="" if source == "default" else "bold"),
+            source,
+            ", ".join(config.setting_env_vars(name)),
+        )
+    console.print(table)
+    console.print(Text(f"config file: {paths.config_file()}", style="dim"))
+    return EXIT_OK
+
+
+def _jsonable(value: Any) -> Any:
+    return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from influence_tui.tui.app import InfluenceApp
+
+    InfluenceApp(settings).run()
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="influence",
+        description="Privacy-first local LLM inference: find, download and run models on your own machine.",
+        epilog="Run `influence COMMAND --help` for a command's options. `influence-tui` starts the full-screen app.",
+    )
+    parser.add_argument("--version", action="version", version=f"influence {__version__}")
+    parser.add_argument(
+        "--models-dir", metavar="DIR", help="models folder for this run (default: the models_dir setting)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str, **kw: Any) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".", **kw)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("list", cmd_list, "list the models on disk", aliases=["ls"])
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = add("show", cmd_show, "show everything known about one model")
+    p.add_argument("name", metavar="NAME", help="a model name (or a unique part of one) or a path")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = add("rm", cmd_rm, "remove a model from the models dir", aliases=["remove"])
+    p.add_argument("name", metavar="NAME", help="the model's name as `influence list` shows it")
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+
+    p = add("import", cmd_import, "add a GGUF file or a model folder to the library")
+    p.add_argument("path", metavar="PATH", help="a .gguf file or a folder with config.json and .safetensors")
+    p.add_argument("--name", help="name in the library (default: the file or folder name)")
+    p.add_argument("--link", action="store_true", help="link to the files instead of copying them")
+
+    p = add("config", cmd_config, "show settings with their sources, or change the config file")
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=("show", "path", "set", "unset"),
+        default="show",
+        help="show (default): every setting, its value and source; path: the config file; "
+        "set KEY VALUE / unset KEY: edit the config file",
+    )
+    p.add_argument("key", nargs="?", help=argparse.SUPPRESS)
+    p.add_argument("value", nargs="?", help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = add("tui", cmd_tui, "start the full-screen app (same as influence-tui)")
+    p.add_argument("--model", metavar="NAME|PATH", help="model to chat with")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.func(args))
+    except InfluenceError as exc:
+        print(f"influence: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+def tui_main(argv: Sequence[str] | None = None) -> int:
+    """``influence-tui``: the full-screen app."""
+    parser = argparse.ArgumentParser(
+        prog="influence-tui", description="Influence: chat with local models in a full-screen app."
+    )
+    parser.add_argument("--version", action="version", version=f"influence {__version__}")
+    parser.add_argument(
+        "--model", metavar="NAME|PATH", help="model to chat with (default: the configured or demo model)"
+    )
+    parser.add_argument("--models-dir", metavar="DIR", help="models folder for this run")
+    args = parser.parse_args(argv)
+    try:
+        return cmd_tui(args)
+    except InfluenceError as exc:
+        print(f"influence-tui: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR

@@ -1,0 +1,35 @@
+"""Errors a user can cause, each with a message that says what to do.
+
+Front ends catch :class:`InfluenceError` and show its message on one line; anything else is a bug and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+
+class InfluenceError(Exception):
+    """Base of every error a user can act on."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class ConfigError(InfluenceError):
+    """A setting has a bad value; the message names the setting and where the value came from."""
+
+
+class ModelNotFoundError(InfluenceError):
+    """No model in the library matches a name or path."""
+
+
+class ModelFormatError(InfluenceError):
+    """A model's files are missing, broken or in a format we refuse to load."""
+
+
+class LibraryError(InfluenceError):
+    """A library operation (import, remove) cannot be done."""
