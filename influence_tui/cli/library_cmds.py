@@ -1,70 +1,24 @@
-"""The ``influence`` command line and the ``influence-tui`` entry point.
-
-Builds the core services once per command and renders their results; no logic of its own beyond that.
-Importing this module must stay cheap: no torch, no transformers, no textual (the TUI is imported only by
-``influence tui``), so ``influence --help`` answers at once.
-"""
+"""`influence list | show | rm | import | config | tui`: the model library and the settings."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from influence_tui import __version__
+from influence_tui.cli.common import EXIT_OK, console, library_from, print_json, settings_from
 from influence_tui.core.errors import InfluenceError
 from influence_tui.core.units import human_count, human_size
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
-    from influence_tui.core.config import Settings
+    from influence_tui.cli import AddCommand
     from influence_tui.core.types import LocalModel
-
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-# ---------------------------------------------------------------------------------------- formatting
-
-
-def _console(stderr: bool = False) -> Console:
-    from rich.console import Console
-
-    stream = sys.stderr if stderr else sys.stdout
-    tty = stream.isatty()
-    # Piped output gets a wide console so names and paths are never cut or wrapped.
-    return Console(file=stream, width=None if tty else 240, highlight=False, soft_wrap=not tty)
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-
-
-# ---------------------------------------------------------------------------------------- services
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    from influence_tui.core.config import load_settings
-
-    flags = {name: getattr(args, name, None) for name in ("models_dir", "model", "device", "dtype")}
-    return load_settings(flags)
-
-
-def _library(args: argparse.Namespace) -> Any:
-    from influence_tui.core.library import Library
-
-    return Library(_settings(args))
-
-
-# ---------------------------------------------------------------------------------------- commands
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    models: list[LocalModel] = _library(args).models()
+    models: list[LocalModel] = library_from(args).models()
     if args.json:
-        _print_json([m.to_dict() for m in models])
+        print_json([m.to_dict() for m in models])
         return EXIT_OK
     from rich import box
     from rich.table import Table
@@ -72,11 +26,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     from influence_tui.core.types import SOURCE_LABELS
 
-    console = _console()
+    out = console()
     if not models:
-        console.print("No models yet. `influence import PATH` adds a GGUF file or model folder.")
+        out.print("No models yet. `influence import PATH` adds a GGUF file or model folder.")
         return EXIT_OK
-    table = Table(box=box.SIMPLE_HEAD if console.is_terminal else None, pad_edge=False)
+    table = Table(box=box.SIMPLE_HEAD if out.is_terminal else None, pad_edge=False)
     for column, justify in (
         ("NAME", "left"),
         ("FORMAT", "left"),
@@ -101,24 +55,24 @@ def cmd_list(args: argparse.Namespace) -> int:
             human_size(m.size_bytes),
             source,
         )
-    console.print(table)
+    out.print(table)
     for m in models:
         for problem in m.problems:
-            console.print(Text.assemble(("! ", "bold red"), (m.name, "bold"), f": {problem}"))
+            out.print(Text.assemble(("! ", "bold red"), (m.name, "bold"), f": {problem}"))
     return EXIT_OK
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    model: LocalModel = _library(args).resolve(args.name)
+    model: LocalModel = library_from(args).resolve(args.name)
     if args.json:
-        _print_json(model.to_dict())
+        print_json(model.to_dict())
         return EXIT_OK
     from rich.table import Table
     from rich.text import Text
 
     from influence_tui.core.types import SOURCE_LABELS
 
-    console = _console()
+    out = console()
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column(overflow="fold")
@@ -146,12 +100,12 @@ def cmd_show(args: argparse.Namespace) -> int:
         grid.add_row("weights" if i == 0 else "", Text(str(path)))
     for problem in model.problems:
         grid.add_row(Text("problem", style="bold red"), Text(problem))
-    console.print(grid)
+    out.print(grid)
     return EXIT_OK
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    library = _library(args)
+    library = library_from(args)
     model: LocalModel = library.get(args.name)
     what = f"{model.name} ({human_size(model.size_bytes)}{', a link' if model.linked else ''}) at {model.path}"
     if not args.yes:
@@ -169,7 +123,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    library = _library(args)
+    library = library_from(args)
     result = library.import_model(Path(args.path), name=args.name, link=args.link)
     model = result.model
     how = "Linked" if result.linked else f"Copied {human_size(result.copied_bytes)}"
@@ -198,9 +152,9 @@ def cmd_config(args: argparse.Namespace) -> int:
         written = config.write_setting(args.key, None)
         print(f"{args.key} removed from {written}")
         return EXIT_OK
-    settings = _settings(args)
+    settings = settings_from(args)
     if args.json:
-        _print_json(
+        print_json(
             {
                 name: {
                     "value": None
@@ -221,8 +175,8 @@ def cmd_config(args: argparse.Namespace) -> int:
     from rich.table import Table
     from rich.text import Text
 
-    console = _console()
-    table = Table(box=box.SIMPLE_HEAD if console.is_terminal else None, pad_edge=False)
+    out = console()
+    table = Table(box=box.SIMPLE_HEAD if out.is_terminal else None, pad_edge=False)
     table.add_column("SETTING", no_wrap=True)
     table.add_column("VALUE", overflow="fold")
     table.add_column("SOURCE", overflow="fold")
@@ -235,8 +189,8 @@ def cmd_config(args: argparse.Namespace) -> int:
             source,
             ", ".join(config.setting_env_vars(name)),
         )
-    console.print(table)
-    console.print(Text(f"config file: {paths.config_file()}", style="dim"))
+    out.print(table)
+    out.print(Text(f"config file: {paths.config_file()}", style="dim"))
     return EXIT_OK
 
 
@@ -245,33 +199,14 @@ def _jsonable(value: Any) -> Any:
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = settings_from(args)
     from influence_tui.tui.app import InfluenceApp
 
     InfluenceApp(settings).run()
     return EXIT_OK
 
 
-# ---------------------------------------------------------------------------------------- parser
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="influence",
-        description="Privacy-first local LLM inference: find, download and run models on your own machine.",
-        epilog="Run `influence COMMAND --help` for a command's options. `influence-tui` starts the full-screen app.",
-    )
-    parser.add_argument("--version", action="version", version=f"influence {__version__}")
-    parser.add_argument(
-        "--models-dir", metavar="DIR", help="models folder for this run (default: the models_dir setting)"
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
-
-    def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str, **kw: Any) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".", **kw)
-        p.set_defaults(func=func)
-        return p
-
+def register(add: AddCommand) -> None:
     p = add("list", cmd_list, "list the models on disk", aliases=["ls"])
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -303,40 +238,3 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("tui", cmd_tui, "start the full-screen app (same as influence-tui)")
     p.add_argument("--model", metavar="NAME|PATH", help="model to chat with")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return EXIT_USAGE
-    try:
-        return int(args.func(args))
-    except InfluenceError as exc:
-        print(f"influence: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        return EXIT_OK
-
-
-def tui_main(argv: Sequence[str] | None = None) -> int:
-    """``influence-tui``: the full-screen app."""
-    parser = argparse.ArgumentParser(
-        prog="influence-tui", description="Influence: chat with local models in a full-screen app."
-    )
-    parser.add_argument("--version", action="version", version=f"influence {__version__}")
-    parser.add_argument(
-        "--model", metavar="NAME|PATH", help="model to chat with (default: the configured or demo model)"
-    )
-    parser.add_argument("--models-dir", metavar="DIR", help="models folder for this run")
-    args = parser.parse_args(argv)
-    try:
-        return cmd_tui(args)
-    except InfluenceError as exc:
-        print(f"influence-tui: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
