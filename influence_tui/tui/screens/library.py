@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from rich.text import Text
-from textual import work
+from textual import events, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
@@ -46,7 +46,13 @@ class LibraryScreen(Screen[None]):
         yield Static("Scanning…", id="library-status")
         yield Footer()
 
+    NARROW_WIDTH = 100
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.set_class(event.size.width < self.NARROW_WIDTH, "-narrow")
+
     def on_mount(self) -> None:
+        self.set_class(self.app.size.width < self.NARROW_WIDTH, "-narrow")
         table = self.query_one("#model-table", DataTable)
         table.add_columns("Name", "Format", "Params", "Size", "Source")
         self.scan()
