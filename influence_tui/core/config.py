@@ -7,6 +7,7 @@ every field. Settings are replaced (:func:`dataclasses.replace`), never mutated.
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import math
 import os
@@ -216,10 +217,18 @@ def display_value(settings: Settings, name: str) -> str:
     return str(value)
 
 
+def _unknown_setting(name: str, place: str = "") -> ConfigError:
+    close = difflib.get_close_matches(name, SETTING_NAMES, n=1)
+    known = f"known settings: {', '.join(SETTING_NAMES)}"
+    return ConfigError(
+        f"unknown setting {name!r}{place}", hint=f"did you mean {close[0]!r}? {known}" if close else known
+    )
+
+
 def parse_value(name: str, raw: object, where: str) -> Any:
     """Validate one raw value; ``where`` describes its origin for the error message."""
     if name not in _SPECS:
-        raise ConfigError(f"unknown setting {name!r} in {where}", hint=f"known settings: {', '.join(SETTING_NAMES)}")
+        raise _unknown_setting(name)
     try:
         return _SPECS[name].parse(raw)
     except ValueError as exc:
@@ -294,6 +303,8 @@ def load_settings(
     sources: dict[str, str] = {}
 
     for key, raw in read_config_file(config_path).items():
+        if key not in _SPECS:
+            raise _unknown_setting(key, f" in {config_path}")
         values[key] = parse_value(key, raw, f"{key} in {config_path}")
         sources[key] = f"config file ({config_path})"
 

@@ -70,6 +70,42 @@ GGML_TYPE_NAMES = {
     39: "MXFP4",
 }
 
+# (elements per block, bytes per block) of each ggml type, to know where a file's tensor data must end.
+GGML_TYPE_SIZES: dict[int, tuple[int, int]] = {
+    0: (1, 4),
+    1: (1, 2),
+    2: (32, 18),
+    3: (32, 20),
+    6: (32, 22),
+    7: (32, 24),
+    8: (32, 34),
+    9: (32, 40),
+    10: (256, 84),
+    11: (256, 110),
+    12: (256, 144),
+    13: (256, 176),
+    14: (256, 210),
+    15: (256, 292),
+    16: (256, 66),
+    17: (256, 74),
+    18: (256, 98),
+    19: (256, 50),
+    20: (32, 18),
+    21: (256, 110),
+    22: (256, 82),
+    23: (256, 136),
+    24: (1, 1),
+    25: (1, 2),
+    26: (1, 4),
+    27: (1, 8),
+    28: (1, 8),
+    29: (256, 56),
+    30: (1, 2),
+    34: (256, 54),
+    35: (256, 66),
+    39: (32, 17),
+}
+
 # llama.cpp's `general.file_type` (enum llama_ftype): the quantization a file was made with.
 GGUF_FILE_TYPE_NAMES = {
     0: "F32",
@@ -258,6 +294,7 @@ def _parse_gguf(cur: _Cursor) -> GGUFHeader:
         metadata[key] = cur.value(vtype, keep=key not in _SKIPPED_ARRAYS)
     parameters = 0
     tensor_types: dict[str, int] = {}
+    data_end = 0  # end of the last tensor, relative to the start of the tensor data
     for _ in range(tensor_count):
         cur.string()  # tensor name
         n_dims = cur.u32()
@@ -265,10 +302,19 @@ def _parse_gguf(cur: _Cursor) -> GGUFHeader:
         dims = struct.unpack_from(f"<{n_dims}Q", cur.buf, cur.pos)
         cur.pos += 8 * n_dims
         ggml_type = cur.u32()
-        cur.u64()  # data offset
-        parameters += math.prod(dims)
+        offset = cur.u64()
+        elements = math.prod(dims)
+        parameters += elements
         type_name = GGML_TYPE_NAMES.get(ggml_type, f"type{ggml_type}")
         tensor_types[type_name] = tensor_types.get(type_name, 0) + 1
+        block = GGML_TYPE_SIZES.get(ggml_type)
+        data_end = max(data_end, offset + (elements // block[0] * block[1] if block else 0))
+    if data_end:
+        alignment = metadata.get("general.alignment")
+        alignment = alignment if isinstance(alignment, int) and alignment > 0 else 32
+        needed = cur.pos + (-cur.pos % alignment) + data_end
+        if needed > cur.size:
+            raise FormatError(f"file is truncated: its tensors need {needed} bytes, the file has {cur.size}")
     return GGUFHeader(version, metadata, tensor_count, parameters, tensor_types)
 
 

@@ -513,7 +513,12 @@ class Library:
                 f"{model.path} is not inside the models dir {root}; Influence only removes its own models"
             )
         removed: list[Path]
-        if model.path.is_dir() and not model.path.is_symlink() and ":" in model.name and model.weight_files:
+        if (
+            model.format.startswith("gguf")
+            and model.path.is_dir()
+            and not model.path.is_symlink()
+            and len(inspect_folder(model.path, model.name, model.source)) > 1
+        ):
             removed = list(model.weight_files)  # one GGUF variant of a folder holding several
         else:
             removed = [model.path]
@@ -528,7 +533,7 @@ class Library:
         """Copy (or link) a GGUF file or a model folder into the models dir, after checking it is a model."""
         source = source.expanduser().absolute()
         found = inspect_path(source)
-        loadable = [m for m in found if m.format not in ("unknown", "pytorch-bin")]
+        loadable = [m for m in found if m.format not in ("unknown", "pytorch-bin") and m.complete]
         if not loadable:
             problems = "; ".join(p for m in found for p in m.problems) or "no weights found"
             raise LibraryError(f"{source} is not a model Influence can use: {problems}")
