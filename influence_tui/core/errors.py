@@ -33,3 +33,7 @@ class ModelFormatError(InfluenceError):
 
 class LibraryError(InfluenceError):
     """A library operation (import, remove) cannot be done."""
+
+
+class SessionError(InfluenceError):
+    """A chat session file cannot be read, is not a session, or cannot be written; nothing was overwritten."""
