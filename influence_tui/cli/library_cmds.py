@@ -46,10 +46,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         if not m.loadable:
             name.append(" !", style="bold red")
         source = SOURCE_LABELS[m.source] + (" (link)" if m.linked else "")
-        table.add_row(
+        table.add_row(  # header fields are text from disk: Text, never markup
             name,
-            m.format_label,
-            m.architecture or "-",
+            Text(m.format_label),
+            Text(m.architecture or "-"),
             human_count(m.parameters),
             str(m.context_length) if m.context_length else "-",
             human_size(m.size_bytes),
@@ -186,7 +186,7 @@ def cmd_config(args: argparse.Namespace) -> int:
         table.add_row(
             name,
             Text(config.display_value(settings, name), style="" if source == "default" else "bold"),
-            source,
+            Text(source),
             ", ".join(config.setting_env_vars(name)),
         )
     out.print(table)

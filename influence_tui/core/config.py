@@ -341,8 +341,8 @@ def write_setting(name: str, raw: str | None, path: Path | None = None) -> Path:
     else:
         value = parse_value(name, raw, f"{name}")
         current[name] = str(value) if isinstance(value, Path) else value
-        if value is None:
-            current[name] = "off"
+        if value is None:  # "off" where that is a value; "" (unset) for a model or a token
+            current[name] = "off" if name in _BLANK_MEANS_OFF else ""
     from influence_tui.core.fsutil import atomic_write_text
 
     lines = ["# Influence settings; `influence config` lists them all with their sources.\n"]

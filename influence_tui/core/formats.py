@@ -357,11 +357,19 @@ def read_safetensors_header(path: Path) -> SafetensorsHeader:
             continue
         if not isinstance(info, dict) or "shape" not in info or "dtype" not in info:
             raise FormatError(f"tensor {name!r} has no shape/dtype")
-        parameters += math.prod(int(d) for d in info["shape"])
-        dtypes[info["dtype"]] = dtypes.get(info["dtype"], 0) + 1
-        offsets = info.get("data_offsets") or [0, 0]
-        data_end = max(data_end, int(offsets[1]))
+        dtype = info["dtype"]
+        try:
+            count = math.prod(int(d) for d in info["shape"])
+            end = int((info.get("data_offsets") or [0, 0])[1])
+        except (TypeError, ValueError, IndexError):
+            raise FormatError(f"tensor {name!r} has a malformed shape or data_offsets") from None
+        if not isinstance(dtype, str):
+            raise FormatError(f"tensor {name!r} has a malformed dtype")
+        parameters += count
+        dtypes[dtype] = dtypes.get(dtype, 0) + 1
+        data_end = max(data_end, end)
     if 8 + length + data_end > file_size:
         raise FormatError(f"file is truncated: header declares {8 + length + data_end} bytes, file has {file_size}")
-    meta = header.get("__metadata__") or {}
+    meta = header.get("__metadata__")
+    meta = meta if isinstance(meta, dict) else {}
     return SafetensorsHeader(parameters, dtypes, {str(k): str(v) for k, v in meta.items()})

@@ -394,3 +394,31 @@ def test_subprocess_import_link_rm_and_config(tiny_llama: Path, models_dir: Path
     assert data["max_tokens"]["source"] == f"config file ({isolated_env / 'config' / 'config.toml'})"
     version = influence("--version")
     assert version.stdout.strip() == f"influence {__version__}"
+
+
+def test_list_never_reads_model_metadata_as_markup(capsys: pytest.CaptureFixture[str], models_dir: Path) -> None:
+    write_gguf(models_dir / "odd.gguf", "F16", arch="[/oops]")
+    odd = models_dir / "odd-st"
+    odd.mkdir()
+    body = json.dumps({"w": {"dtype": "[/x]", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    (odd / "model.safetensors").write_bytes(len(body).to_bytes(8, "little") + body + b"\0" * 4)
+    code, out, err = run(capsys, "list")
+    assert code == 0, err
+    assert re.search(r"^odd\s+GGUF/F16\s+\[/oops\]\s", out, re.M), out
+    assert re.search(r"^odd-st !\s+safetensors/\[/x\]\s", out, re.M), out
+    code, out, err = run(capsys, "show", "odd")
+    assert code == 0, err
+    assert re.search(r"^architecture\s+\[/oops\]\s*$", out, re.M), out
+
+
+def test_config_shows_paths_as_they_are(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    odd = tmp_path / "[" / "cwd]"  # a .env under ".../[/cwd]": a closing tag, were it markup
+    odd.mkdir(parents=True)
+    (odd / ".env").write_text("INFLUENCE_PORT=9200\n", encoding="utf-8")
+    monkeypatch.chdir(odd)
+    code, out, err = run(capsys, "config")
+    assert code == 0, err
+    assert re.search(r"^port\s+9200\s+\.env \(", out, re.M), out
+    assert "[/" in out

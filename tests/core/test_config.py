@@ -331,6 +331,14 @@ def test_write_setting_off_and_paths(config_file: Path, isolated_env: Path) -> N
     assert load_settings(cwd=isolated_env).models_dir == isolated_env / "work" / "relative" / "models"
 
 
+@pytest.mark.parametrize("name", ["model", "hf_token"])
+def test_write_an_empty_text_setting(config_file: Path, name: str) -> None:
+    write_setting(name, "")
+    settings = load_settings()
+    assert getattr(settings, name) is None  # not the text "off"
+    assert display_value(settings, name) == "unset"
+
+
 def test_write_setting_keeps_values_from_tables(config_file: Path) -> None:
     config_file.write_text("[server]\nport = 9005\n", encoding="utf-8")
     write_setting("temperature", "1.2")

@@ -256,6 +256,31 @@ def test_safetensors_tensor_without_shape(tmp_path: Path) -> None:
         read_safetensors_header(path)
 
 
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        {"dtype": "F32", "shape": 5, "data_offsets": [0, 4]},
+        {"dtype": "F32", "shape": ["a"], "data_offsets": [0, 4]},
+        {"dtype": "F32", "shape": [1], "data_offsets": "x"},
+        {"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]},
+    ],
+)
+def test_safetensors_malformed_tensor_entry(tmp_path: Path, tensor: dict[str, object]) -> None:
+    path = tmp_path / "m.safetensors"
+    body = json.dumps({"w": tensor}).encode()
+    path.write_bytes(struct.pack("<Q", len(body)) + body + b"\0" * 4)
+    with pytest.raises(FormatError, match="tensor 'w' has a malformed"):
+        read_safetensors_header(path)
+
+
+def test_safetensors_metadata_that_is_not_an_object(tmp_path: Path) -> None:
+    path = tmp_path / "m.safetensors"
+    body = json.dumps({"__metadata__": "text", "w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    path.write_bytes(struct.pack("<Q", len(body)) + body + b"\0" * 4)
+    header = read_safetensors_header(path)
+    assert (header.parameters, header.metadata) == (1, {})
+
+
 def test_gguf_is_not_safetensors(demo_gguf: Path, tmp_path: Path) -> None:
     path = _copy_prefix(demo_gguf, tmp_path / "model.safetensors", 1 << 20)
     with pytest.raises(FormatError, match="not safetensors"):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +140,14 @@ def test_truncated_gguf_is_a_problem_not_a_crash(demo_gguf: Path, models_dir: Pa
     assert any("cut.gguf" in p and "truncated" in p for p in cut.problems), cut.problems
     assert models["tiny-llama"].loadable  # the others are still listed
     assert DEMO_NAME in models
+
+
+def test_malformed_safetensors_header_is_a_problem_not_a_crash(tiny_in_library: Path) -> None:
+    body = json.dumps({"w": {"dtype": "F32", "shape": 7, "data_offsets": [0, 4]}}).encode()
+    (tiny_in_library / "model.safetensors").write_bytes(struct.pack("<Q", len(body)) + body + b"\0" * 4)
+    model = the_model("tiny-llama")
+    assert not model.loadable
+    assert any("malformed" in p for p in model.problems), model.problems
 
 
 def test_pytorch_bin_only(tiny_llama: Path, models_dir: Path) -> None:
@@ -525,6 +535,16 @@ def test_import_folder_link(tiny_llama: Path, models_dir: Path) -> None:
     assert dest.is_symlink() and dest.resolve() == tiny_llama
     listed = the_model("tiny-llama")
     assert listed.linked and listed.loadable
+
+
+def test_import_link_with_a_relative_path(
+    tiny_llama: Path, models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    library().import_model(Path("tiny-llama"), link=True)
+    link = models_dir / "tiny-llama"
+    assert Path(os.readlink(link)) == tiny_llama  # absolute: the link works from anywhere
+    assert the_model("tiny-llama").loadable
 
 
 def test_import_name_clash(tiny_llama: Path, models_dir: Path, tmp_path: Path) -> None:

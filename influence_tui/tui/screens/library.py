@@ -76,7 +76,7 @@ class LibraryScreen(Screen[None]):
                 name.append(" !", style="bold red")
             table.add_row(
                 name,
-                model.format_label,
+                Text(model.format_label),  # header text from disk: never markup
                 human_count(model.parameters),
                 human_size(model.size_bytes),
                 SOURCE_LABELS[model.source],
@@ -85,7 +85,7 @@ class LibraryScreen(Screen[None]):
         total = sum(m.size_bytes for m in models)
         count = f"{len(models)} model{'s' if len(models) != 1 else ''}"
         self.query_one("#library-status", Static).update(
-            f"{count} · {human_size(total)} · models dir: {self.library.models_dir}"
+            Text(f"{count} · {human_size(total)} · models dir: {self.library.models_dir}")  # a path: never markup
         )
         if models:
             self._show_details(models[0])
