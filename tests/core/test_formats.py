@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -38,10 +39,16 @@ def test_demo_gguf_header(demo_gguf: Path) -> None:
     assert header.metadata["tokenizer.ggml.model"] == "gpt2"
 
 
-def test_demo_gguf_matches_the_gguf_package(demo_gguf: Path) -> None:
+@pytest.fixture(scope="module")
+def demo_reader(demo_gguf: Path) -> Any:
+    """The demo read by the `gguf` package's own reader (seconds: it decodes every tokenizer array)."""
     from gguf import GGUFReader
 
-    reader = GGUFReader(demo_gguf)
+    return GGUFReader(demo_gguf)
+
+
+def test_demo_gguf_matches_the_gguf_package(demo_gguf: Path, demo_reader: Any) -> None:
+    reader = demo_reader
     header = read_gguf_header(demo_gguf)
     assert header.parameters == sum(int(t.n_elements) for t in reader.tensors)
     assert header.tensor_count == len(reader.tensors)
@@ -105,10 +112,8 @@ def test_truncated_demo_gguf_header(demo_gguf: Path, tmp_path: Path, size: int) 
         read_gguf_header(path)
 
 
-def test_gguf_cut_in_its_tensor_table(demo_gguf: Path, tmp_path: Path) -> None:
-    from gguf import GGUFReader
-
-    data_offset = GGUFReader(demo_gguf).data_offset
+def test_gguf_cut_in_its_tensor_table(demo_gguf: Path, demo_reader: Any, tmp_path: Path) -> None:
+    data_offset = demo_reader.data_offset
     path = _copy_prefix(demo_gguf, tmp_path / "cut.gguf", data_offset - 100)
     with pytest.raises(FormatError, match="truncated"):
         read_gguf_header(path)

@@ -348,6 +348,25 @@ def test_hf_cache_is_seen_by_huggingface_hub_and_by_us(tiny_llama: Path, hub_cac
     assert model.loadable
 
 
+def test_hf_hub_cache_variable(tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    files = sorted(p for p in tiny_llama.iterdir() if p.is_file())
+    make_cache_repo(tmp_path / "hf" / "hub", "acme/in-hf-home", files)
+    make_cache_repo(tmp_path / "elsewhere", "acme/in-hub-cache", files)
+    names = {m.name for m in library().models()}
+    assert "acme/in-hf-home" in names
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "elsewhere"))  # read on every scan, as huggingface_hub does
+    names = {m.name for m in library().models()}
+    assert "acme/in-hub-cache" in names
+    assert "acme/in-hf-home" not in names
+
+
+def test_hf_cache_datasets_are_not_models(tiny_llama: Path, hub_cache: Path) -> None:
+    snapshot = make_cache_repo(hub_cache, "acme/tiny-chat", sorted(p for p in tiny_llama.iterdir() if p.is_file()))
+    dataset = hub_cache / "datasets--acme--tiny-chat"
+    snapshot.parent.parent.rename(dataset)
+    assert not any(m.source == "hf-cache" for m in library().models())
+
+
 def test_hf_cache_gguf_repo(hub_cache: Path, tmp_path: Path) -> None:
     gguf = write_gguf(tmp_path / "src" / "tiny-Q8_0.gguf", "Q8_0")
     make_cache_repo(hub_cache, "acme/tiny-GGUF", [gguf])
