@@ -7,7 +7,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from influence_tui.cli.common import EXIT_OK, console, library_from, print_json, settings_from
-from influence_tui.core.errors import InfluenceError
+from influence_tui.core.errors import InfluenceError, ModelNotFoundError
 from influence_tui.core.units import human_count, human_size
 
 if TYPE_CHECKING:
@@ -106,7 +106,15 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_rm(args: argparse.Namespace) -> int:
     library = library_from(args)
-    model: LocalModel = library.get(args.name)
+    try:
+        model: LocalModel = library.get(args.name)
+    except ModelNotFoundError:
+        # `rm demo` or `rm smollm2`: explain why a model outside the models dir cannot be removed
+        match = library.resolve(args.name)
+        if match.source == "models-dir":
+            raise
+        model = match
+    library.check_removable(model)
     what = f"{model.name} ({human_size(model.size_bytes)}{', a link' if model.linked else ''}) at {model.path}"
     if not args.yes:
         if not sys.stdin.isatty():

