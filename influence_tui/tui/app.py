@@ -1,16 +1,40 @@
-"""The Influence app: a thin shell that owns the settings and the screens."""
+"""The Influence app: a thin shell. It owns the services (settings, library, session store, the engine) and
+the top-level screens (``MODES``), switches between them, and loads models on the engine's thread.
+
+Each screen lives in its own module under ``screens/`` with its own stylesheet in ``styles/``. To add a
+top-level screen, add it to ``MODES`` and give it a binding beside the others (F2 and F3 are kept for the hub
+search and the downloads): the binding shows in the footer and, like every binding, in the command palette.
+"""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from functools import partial
 from typing import ClassVar
 
-from textual.app import App
+from textual import work
+from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
+from textual.reactive import reactive
+from textual.screen import Screen
+from textual.worker import get_current_worker
 
 from influence_tui import __version__
 from influence_tui.core.config import Settings
+from influence_tui.core.errors import InfluenceError
+from influence_tui.core.library import Library
+from influence_tui.core.sessions import SessionStore
+from influence_tui.core.types import LocalModel
+from influence_tui.tui.messages import ChatWithModel, ModelLoaded, ModelLoadFailed, ModelLoading
 from influence_tui.tui.paths import stylesheet
+from influence_tui.tui.screens.chat import ChatScreen
 from influence_tui.tui.screens.library import LibraryScreen
+from influence_tui.tui.services import EngineState, RunnerFactory, Services
+from influence_tui.tui.widgets.mode_bar import Navigation
 
 
 class InfluenceApp(App[None]):
@@ -18,14 +42,154 @@ class InfluenceApp(App[None]):
 
     TITLE = "Influence"
     SUB_TITLE = f"local LLMs · v{__version__}"
-    CSS_PATH = [stylesheet("base.tcss"), stylesheet("library.tcss")]
+    CSS_PATH = [stylesheet("base.tcss")]
+    MODES: ClassVar[dict[str, str | Callable[[], Screen[None]]]] = {
+        "chat": ChatScreen,
+        "library": LibraryScreen,
+    }
+    DEFAULT_MODE = "chat"
+    NAVIGATION: ClassVar[Navigation] = (
+        ("chat", "f1", "Chat"),
+        # f2 and f3: the hub search and downloads screens.
+        ("library", "f4", "Library"),
+    )
+    """(mode, key, label) of each top-level screen: its binding, and its tab in the mode bar on every screen."""
     BINDINGS: ClassVar[list[BindingType]] = [
+        *(
+            # Shown as tabs at the top rather than in the footer; the command palette lists them too.
+            Binding(key, f"switch_mode('{mode}')", label, id=f"app.{mode}", show=False)
+            for mode, key, label in NAVIGATION
+        ),
         Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True),
     ]
 
-    def __init__(self, settings: Settings) -> None:
+    engine_state: reactive[EngineState] = reactive(EngineState, init=False)
+    """What the engine holds; the chat screen's status bar shows it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        runner_factory: RunnerFactory | None = None,
+        library: Library | None = None,
+        store: SessionStore | None = None,
+        load_model: bool = True,
+    ) -> None:
+        """``runner_factory`` builds the engine runner on first use (tests pass a scripted one);
+        ``load_model=False`` starts with no model loaded (the default loads the configured or demo model
+        once the first screen has painted)."""
         super().__init__()
-        self.settings = settings
+        self.services = Services(settings, runner_factory=runner_factory, library=library, store=store)
+        self._load_at_start = load_model
+        self.first_paint_at: float | None = None
+        """``time.perf_counter()`` when the first screen had painted."""
+
+    @property
+    def settings(self) -> Settings:
+        return self.services.settings
 
     def on_mount(self) -> None:
-        self.push_screen(LibraryScreen(self.settings))
+        self.call_after_refresh(self._first_paint)
+
+    def _first_paint(self) -> None:
+        self.first_paint_at = time.perf_counter()
+        if self._load_at_start:
+            self.load_model(None)
+
+    def on_unmount(self) -> None:
+        self.services.close()
+
+    # ------------------------------------------------------------------------------------------ the engine
+
+    async def on_chat_with_model(self, message: ChatWithModel) -> None:
+        await self.switch_mode("chat")
+        self.load_model(message.model)
+
+    @work(thread=True, exclusive=True, group="engine-load", exit_on_error=False, name="load model")
+    def load_model(self, model: LocalModel | None) -> None:
+        """Load ``model`` (None: the configured model, else the demo) on the engine thread."""
+        services = self.services
+        settings = services.settings
+        try:
+            if model is None:
+                model = services.library.default()
+        except InfluenceError as exc:
+            self.post_message(ModelLoadFailed(None, str(exc)))
+            return
+        self.post_message(ModelLoading(model))
+        try:
+            info = services.runner.load(
+                model, device=settings.device, device_index=settings.device_index, dtype=settings.dtype
+            )
+        except InfluenceError as exc:
+            self.post_message(ModelLoadFailed(model, str(exc)))
+            return
+        except Exception as exc:  # a bug, or a library error we do not know: keep the app alive
+            self.log.error(traceback.format_exc())
+            self.post_message(ModelLoadFailed(model, f"{type(exc).__name__}: {exc}"))
+            return
+        if not get_current_worker().is_cancelled:
+            self.post_message(ModelLoaded(model, info))
+
+    def on_model_loading(self, message: ModelLoading) -> None:
+        self.engine_state = EngineState("loading", message.model)
+
+    def on_model_loaded(self, message: ModelLoaded) -> None:
+        self.engine_state = EngineState("ready", message.model, message.info)
+        info = message.info
+        self.notify(f"{info.name} on {info.device} ({info.dtype}), loaded in {info.load_s:.1f} s", markup=False)
+
+    def on_model_load_failed(self, message: ModelLoadFailed) -> None:
+        self.engine_state = EngineState("failed", message.model, error=message.error)
+        name = message.model.name if message.model else "No model"
+        self.notify(
+            f"{message.error}\nCtrl+L picks another model; F4 opens the library.",
+            title=f"{name} did not load",
+            severity="error",
+            timeout=15,
+            markup=False,
+        )
+
+    # ------------------------------------------------------------------------------------------ clipboard
+
+    def copy_to_clipboard(self, text: str) -> None:
+        """OSC 52 (most terminals), and inside tmux its paste buffer too (tmux may not pass OSC 52 on)."""
+        super().copy_to_clipboard(text)
+        if os.environ.get("TMUX"):
+            self._tmux_copy(text)
+
+    @work(thread=True, exclusive=True, group="clipboard", exit_on_error=False, name="copy to tmux")
+    def _tmux_copy(self, text: str) -> None:
+        data = text.encode()
+        for command in (["tmux", "load-buffer", "-w", "-"], ["tmux", "load-buffer", "-"]):
+            try:
+                done = subprocess.run(command, input=data, capture_output=True, timeout=5, check=False)
+            except (OSError, subprocess.SubprocessError):
+                return
+            if done.returncode == 0:
+                return
+
+    # ------------------------------------------------------------------------------------------ palette
+
+    def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
+        """Textual's commands, then every binding the screen offers now (the footer's and the hidden ones)."""
+        yield from super().get_system_commands(screen)
+        seen: set[str] = set()
+        for key, active in screen.active_bindings.items():
+            binding = active.binding
+            if not binding.description or binding.system or not active.enabled or binding.action in seen:
+                continue
+            if binding.action in ("quit", "command_palette"):
+                continue
+            seen.add(binding.action)
+            shown = binding.key_display or self.get_key_display(binding)
+            yield SystemCommand(
+                f"{binding.description} ({shown})",
+                binding.tooltip or f"{binding.description}: {key}",
+                partial(self._run_binding, binding.action, active.node),
+            )
+
+    async def _run_binding(self, action: str, node: object) -> None:
+        from textual.dom import DOMNode
+
+        await self.run_action(action, node if isinstance(node, DOMNode) else None)

@@ -16,14 +16,17 @@ from influence_tui.core.config import load_settings
 from influence_tui.core.library import DEMO_NAME
 from influence_tui.tui.app import InfluenceApp
 from influence_tui.tui.screens.library import LibraryScreen
+from tests.fakes import ScriptedRunner
 
 Scenario = Callable[[InfluenceApp, Pilot[None]], Awaitable[None]]
 
 
 def run_app(scenario: Scenario, size: tuple[int, int] = (100, 30)) -> None:
     async def main() -> None:
-        app = InfluenceApp(load_settings())
+        # A scripted engine and no model loading: these tests are about the library screen.
+        app = InfluenceApp(load_settings(), runner_factory=ScriptedRunner, load_model=False)
         async with app.run_test(size=size) as pilot:
+            await app.switch_mode("library")
             await scanned(app, pilot)
             await scenario(app, pilot)
 

@@ -1,4 +1,4 @@
-"""The model library: every model on disk, its format, size and problems."""
+"""The model library: every model on disk, its format, size and problems; chat with one, remove, import."""
 
 from __future__ import annotations
 
@@ -10,30 +10,43 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Footer, Static
 from textual.worker import get_current_worker
 
-from influence_tui.core.config import Settings
+from influence_tui.core.errors import InfluenceError
 from influence_tui.core.library import Library
 from influence_tui.core.types import SOURCE_LABELS, LocalModel
 from influence_tui.core.units import human_count, human_size
+from influence_tui.tui.dialogs.confirm import ConfirmDialog
+from influence_tui.tui.dialogs.text_input import ImportDialog, ImportRequest
+from influence_tui.tui.messages import ChatWithModel
+from influence_tui.tui.paths import stylesheet
+from influence_tui.tui.services import services_of
+from influence_tui.tui.widgets.mode_bar import ModeBar
 
 
 class LibraryScreen(Screen[None]):
     """A table of the local models beside the details of the highlighted one."""
 
+    CSS_PATH = stylesheet("library.tcss")
     BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("c", "chat", "Chat with it", id="library.chat"),
+        Binding("d,delete", "remove", "Remove", id="library.remove"),
+        Binding("i", "import_model", "Import", id="library.import"),
         Binding("r", "refresh", "Rescan", id="library.refresh"),
-        Binding("q", "app.quit", "Quit", id="library.quit"),
+        Binding("q", "app.quit", "Quit", id="library.quit", show=False),
     ]
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.library = Library(settings)
         self.models: list[LocalModel] = []
 
+    @property
+    def library(self) -> Library:
+        return services_of(self).library
+
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield ModeBar("library")
         with Horizontal(id="library-body"):
             table: DataTable[str | Text] = DataTable(
                 id="model-table", classes="panel", cursor_type="row", zebra_stripes=True
@@ -55,7 +68,94 @@ class LibraryScreen(Screen[None]):
         self.set_class(self.app.size.width < self.NARROW_WIDTH, "-narrow")
         table = self.query_one("#model-table", DataTable)
         table.add_columns("Name", "Format", "Params", "Size", "Source")
+        table.focus()
         self.scan()
+
+    # ------------------------------------------------------------------------------------------ actions
+
+    @property
+    def highlighted(self) -> LocalModel | None:
+        """The model under the table's cursor."""
+        table = self.query_one("#model-table", DataTable)
+        if not self.models or table.cursor_row < 0:
+            return None
+        try:
+            key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        except Exception:  # the table is being refilled
+            return None
+        return next((m for m in self.models if m.name == key), None)
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_chat()
+
+    def action_chat(self) -> None:
+        model = self.highlighted
+        if model is None:
+            return
+        if not model.loadable:
+            problem = "; ".join(model.problems) or f"{model.format_label} cannot be loaded"
+            self.notify(f"{model.name} cannot be loaded: {problem}", severity="error", timeout=10, markup=False)
+            return
+        self.post_message(ChatWithModel(model))
+
+    def action_remove(self) -> None:
+        model = self.highlighted
+        if model is None:
+            return
+        if model.linked:
+            what = f"The link {model.path} is removed; the files it points to stay."
+        else:
+            what = f"{human_size(model.size_bytes)} at {model.path} will be deleted."
+
+        def answered(remove: bool | None) -> None:
+            if remove:
+                self.remove_model(model)
+
+        self.app.push_screen(
+            ConfirmDialog(f"Remove {model.name}?", what, confirm="Remove", cancel="Keep", danger=True), answered
+        )
+
+    @work(thread=True, exclusive=True, group="library-change", exit_on_error=False, name="remove model")
+    def remove_model(self, model: LocalModel) -> None:
+        try:
+            self.library.remove(model)
+        except InfluenceError as exc:
+            self.app.call_from_thread(
+                self.notify, str(exc), title="Not removed", severity="error", timeout=12, markup=False
+            )
+            return
+        self.app.call_from_thread(self.notify, f"Removed {model.name}", markup=False)
+        self.app.call_from_thread(self.scan)
+
+    def action_import_model(self) -> None:
+        def chosen(request: ImportRequest | None) -> None:
+            if request is not None:
+                self.import_model(request)
+
+        self.app.push_screen(ImportDialog(), chosen)
+
+    @work(thread=True, exclusive=True, group="library-change", exit_on_error=False, name="import model")
+    def import_model(self, request: ImportRequest) -> None:
+        from pathlib import Path
+
+        self.app.call_from_thread(self.notify, f"Importing {request.path}…", markup=False)
+        try:
+            result = self.library.import_model(Path(request.path).expanduser(), link=request.link)
+        except InfluenceError as exc:
+            self.app.call_from_thread(
+                self.notify, str(exc), title="Not imported", severity="error", timeout=12, markup=False
+            )
+            return
+        how = "Linked" if result.linked else f"Copied {human_size(result.copied_bytes)}"
+        problems = "".join(f"\n! {p}" for p in result.model.problems)
+        self.app.call_from_thread(
+            self.notify,
+            f"{how}: {result.model.name} ({result.model.format_label}){problems}",
+            severity="warning" if problems else "information",
+            markup=False,
+        )
+        self.app.call_from_thread(self.scan)
 
     def action_refresh(self) -> None:
         self.scan()
@@ -90,7 +190,9 @@ class LibraryScreen(Screen[None]):
         if models:
             self._show_details(models[0])
         else:
-            self.query_one("#model-details", Static).update("No models yet: `influence import PATH` adds one.")
+            self.query_one("#model-details", Static).update(
+                "No models yet: press i to import a .gguf file or a folder."
+            )
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         for model in self.models:
