@@ -2,8 +2,8 @@
 
 ``ScriptedRunner(replies=[...])`` answers each request with the next scripted reply (a string, split into
 word-sized tokens, or a list of tokens), emitting real :class:`TokenEvent`s through a real
-:class:`TokenStream` from its own thread, ``delay`` seconds apart. The stop event ends a reply early with the
-finish reason ``cancelled``, as the engine does. Figures are fixed (``ttft``, ``tokens_per_s``), so pictures
+:class:`TokenStream` from its own thread, ``delay`` seconds apart (or ``burst`` tokens at a time). The stop
+event ends a reply early with the finish reason ``cancelled``, as the engine does. Figures are fixed (``ttft``, ``tokens_per_s``), so pictures
 of the status bar never change.
 """
 
@@ -78,6 +78,7 @@ class ScriptedRunner:
         replies: Sequence[Reply] = (),
         *,
         delay: float = 0.0,
+        burst: int = 1,
         load_delay: float = 0.0,
         context_length: int = 2048,
         device: str = "cpu",
@@ -88,6 +89,8 @@ class ScriptedRunner:
     ) -> None:
         self.replies: list[Reply] = list(replies)
         self.delay = delay
+        self.burst = burst
+        """Tokens sent together between two delays (a fast engine: many tokens per wake-up)."""
         self.load_delay = load_delay
         self.context_length = context_length
         self.device = device
@@ -216,7 +219,7 @@ class ScriptedRunner:
             if fail_after is not None and sent >= fail_after:
                 stream._put(_Failure(InfluenceError("the engine broke down", hint="scripted failure")))
                 return
-            if self.delay:
+            if self.delay and sent % self.burst == 0:
                 time.sleep(self.delay)
             stream._put(TokenEvent(token, token_id=sent))
             sent += 1

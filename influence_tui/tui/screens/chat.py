@@ -21,8 +21,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.content import Content
 from textual.screen import Screen
-from textual.widgets import Footer, Markdown, Static, TextArea
-from textual.widgets.markdown import MarkdownStream
+from textual.widgets import Footer, Static, TextArea
 from textual.worker import Worker, get_current_worker
 
 from influence_tui.core import slash
@@ -46,11 +45,22 @@ from influence_tui.tui.widgets.prompt_input import PromptInput, command_matches
 from influence_tui.tui.widgets.status_bar import ContextUse, StatusBar
 
 FLUSH_INTERVAL_S = 1 / 30
-"""The worker sends text up at most this often (tokens that come faster travel together)."""
+"""The worker sends text up at most this often at first (tokens that come faster travel together)."""
+FLUSH_TOKENS = 500
+"""After this many tokens the interval grows with the reply: every update lays out the whole log, so a reply
+twice as long is updated half as often, and streaming costs the same per token however long the reply gets."""
+FLUSH_INTERVAL_MAX_S = 0.25
+
+
+def flush_interval(tokens: int) -> float:
+    """Seconds between two updates of a reply that has ``tokens`` tokens so far."""
+    return min(FLUSH_INTERVAL_MAX_S, FLUSH_INTERVAL_S * max(1.0, tokens / FLUSH_TOKENS))
+
 
 WELCOME = (
-    "Ask anything. Enter sends, Shift+Enter or Ctrl+J starts a new line, Esc stops a reply.\n"
-    "/help lists the commands · Ctrl+L picks a model · F4 opens the library · Ctrl+P finds everything else"
+    "Ask anything.\n"
+    "Enter sends · Ctrl+J new line · Esc stops a reply\n"
+    "/help commands · Ctrl+L model · F4 library · Ctrl+P every action"
 )
 
 #: Commands that replace the conversation: not while a reply is being written into it.
@@ -60,10 +70,9 @@ _REPLACING = (slash.Clear, slash.Retry, slash.Undo, slash.Load)
 class _Reply:
     """The reply being written: where it shows, and the text received so far."""
 
-    def __init__(self, reply_id: int, view: MessageView, stream: MarkdownStream) -> None:
+    def __init__(self, reply_id: int, view: MessageView) -> None:
         self.id = reply_id
         self.view = view
-        self.stream = stream
         self.parts: list[str] = []
         self.stopped = False
         self.worker: Worker[None] | None = None
@@ -93,6 +102,8 @@ class ChatScreen(Screen[None]):
 
     WIDE = 110
     """From this many columns the parameter panel starts open."""
+    NARROW = 100
+    """Under this many columns the status bar drops the meter cells and the time to first token."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -146,7 +157,7 @@ class ChatScreen(Screen[None]):
         if self._panel_follows_width:
             self._show_panel(width >= self.WIDE)
         self.query_one(Footer).compact = width < self.WIDE
-        self.query_one(StatusBar).compact = width < self.WIDE
+        self.query_one(StatusBar).compact = width < self.NARROW
 
     def _show_panel(self, show: bool) -> None:
         self.query_one("#params", ParamsPanel).display = show
@@ -335,9 +346,9 @@ class ChatScreen(Screen[None]):
             return
         self._reply_count += 1
         view = MessageView("assistant", author=self._model_name())
-        view.add_class("-streaming")
         await self.query_one(ChatLog).add(view)
-        reply = _Reply(self._reply_count, view, Markdown.get_stream(view.body))
+        view.set_state("streaming")
+        reply = _Reply(self._reply_count, view)
         self._reply = reply
         reply.worker = self._generate(reply.id)
         self.query_one(StatusBar).busy = True
@@ -360,12 +371,14 @@ class ChatScreen(Screen[None]):
         self.post_message(ReplyStarted(reply_id, reply.plan))
         pending: list[str] = []
         last = time.monotonic()
+        tokens = 0
         try:
             for event in reply.stream:
                 if event.text:
                     pending.append(event.text)
+                tokens += 1
                 now = time.monotonic()
-                if pending and (event.done or now - last >= FLUSH_INTERVAL_S):
+                if pending and (event.done or now - last >= flush_interval(tokens)):
                     self.post_message(ReplyChunk(reply_id, "".join(pending)))
                     pending.clear()
                     last = now
@@ -403,7 +416,7 @@ class ChatScreen(Screen[None]):
         if reply is None or reply.id != message.reply_id or reply.stopped:
             return
         reply.parts.append(message.text)
-        await reply.stream.write(message.text)
+        await reply.view.write(message.text)
 
     async def on_reply_finished(self, message: ReplyFinished) -> None:
         await self._close_reply(message.reply_id, message.stats)
@@ -424,14 +437,11 @@ class ChatScreen(Screen[None]):
         if reply is None or reply.id != reply_id:
             return
         self._reply = None
-        await reply.stream.stop()
         text = reply.text
         view = reply.view
-        await view.body.update(text)  # the one full render of the whole reply
+        await view.finish()  # the stream stops and the text gets its one full render
         stopped = reply.stopped or (stats is not None and stats.finish_reason == "cancelled")
-        view.remove_class("-streaming")
-        view.set_class(stopped, "-stopped")
-        view.set_class(failed, "-failed")
+        view.set_state("failed" if failed else "stopped" if stopped else "")
         if not failed or text:
             before = len(self.session.messages)
             finish_reply(self.session, text, stats)  # recorded here; written to disk off the UI thread below
@@ -461,7 +471,7 @@ class ChatScreen(Screen[None]):
         reply.stopped = True
         if reply.worker is not None:
             reply.worker.cancel()
-        reply.view.add_class("-stopped")
+        reply.view.set_state("stopped")
         reply.view.show_meta("stopped")
         self.refresh_bindings()
 

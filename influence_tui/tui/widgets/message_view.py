@@ -1,5 +1,11 @@
 """One message in the chat log: who wrote it, its text as Markdown, and for replies a line of figures.
 
+A long text is shown as several Markdown widgets ("parts") of a few thousand characters each, cut at blank
+lines outside code fences (:class:`MarkdownSplitter`). Streaming writes into the last part through its
+``Markdown.get_stream()``; a part that is full gets its one final ``update()`` and the next part starts. So
+appending, and the full render that ends each part, cost the same for every token however long the reply
+gets, and the end of a long reply does not freeze the screen.
+
 Model text only ever reaches a :class:`~textual.widgets.Markdown` widget or a :class:`~textual.content.Content`
 built from plain text, never Rich or Textual markup: a reply containing ``[bold]`` shows ``[bold]``.
 """
@@ -7,14 +13,73 @@ built from plain text, never Rich or Textual markup: a reply containing ``[bold]
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from markdown_it import MarkdownIt
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.content import Content
 from textual.widgets import Markdown, Static
+from textual.widgets.markdown import MarkdownStream
 
 from influence_tui.core.types import GenerationStats, Role
+
+PART_CHARS = 3000
+"""A part ends at the first blank line (outside a code fence) after this many characters."""
+
+
+class MarkdownSplitter:
+    """Cuts Markdown into parts of about ``size`` characters, at the same places whether the text comes at once
+    or piece by piece. A cut goes after a blank line outside a code fence, before a line that starts at the
+    margin (so an indented continuation of a list item stays with its item)."""
+
+    def __init__(self, size: int = PART_CHARS) -> None:
+        self.size = size
+        self.part = 0
+        self._length = 0
+        self._line = ""
+        self._fence: str | None = None
+        self._cut_here = False
+        """The last line was blank and the part is full: cut if the next line starts at the margin."""
+
+    def feed(self, text: str) -> list[tuple[int, str]]:
+        """``text`` as (part number, piece) pairs, in order."""
+        pieces: list[tuple[int, str]] = []
+        start = 0
+        for i, char in enumerate(text):
+            if self._cut_here and char != "\n":
+                self._cut_here = False
+                if char not in " \t":
+                    if i > start:
+                        pieces.append((self.part, text[start:i]))
+                    start = i
+                    self.part += 1
+                    self._length = 0
+            self._length += 1
+            if char != "\n":
+                self._line += char
+                continue
+            line, self._line = self._line.strip(), ""
+            if self._fence is None:
+                if line.startswith(("```", "~~~")):
+                    self._fence = line[:3]
+            elif line.startswith(self._fence):
+                self._fence = None
+            if not line and self._fence is None and self._length >= self.size:
+                self._cut_here = True
+        if start < len(text):
+            pieces.append((self.part, text[start:]))
+        return pieces
+
+
+def split_markdown(text: str, size: int = PART_CHARS) -> list[str]:
+    """``text`` in parts, as :class:`MarkdownSplitter` cuts it."""
+    parts: list[str] = []
+    for number, piece in MarkdownSplitter(size).feed(text):
+        if number == len(parts):
+            parts.append("")
+        parts[number] += piece
+    return parts or [""]
 
 
 @dataclass(frozen=True)
@@ -52,9 +117,16 @@ def stats_line(stats: GenerationStats | None, *, stopped: bool = False) -> str:
     return " · ".join(parts)
 
 
+ReplyState = Literal["", "streaming", "stopped", "failed"]
+
+
 class MessageView(Vertical):
-    """A user message or a reply. A reply is streamed into :attr:`body` and marked with CSS classes:
-    ``-streaming`` while it comes, ``-stopped`` when the user stopped it, ``-failed`` when it broke off."""
+    """A user message or a reply. A reply is streamed in with :meth:`write` and :meth:`finish`.
+
+    Its :attr:`state` shows as a CSS class (``-streaming``, ``-stopped``, ``-failed``) on the author and
+    figures lines only: a class on the message itself would restyle every widget of a long reply. The message
+    gets ``-left-out`` when the last prompt had to leave it out.
+    """
 
     def __init__(self, role: Role, text: str = "", *, author: str, index: int | None = None) -> None:
         super().__init__(classes=f"message -{role}")
@@ -62,26 +134,72 @@ class MessageView(Vertical):
         self.author = author
         self.index = index
         """Where the message is in the session's messages (None until a reply is recorded)."""
-        self._initial_text = text
+        self._texts = split_markdown(text) if text else [""]
+        self._splitter: MarkdownSplitter | None = None
+        self._stream: MarkdownStream | None = None
+        self.state: ReplyState = ""
 
     def compose(self) -> ComposeResult:
         yield Static(Content(self.author), classes="message-author")
-        yield Markdown(self._initial_text or None, classes="message-body")
+        with Vertical(classes="message-body"):
+            for text in self._texts:
+                yield Markdown(text or None, classes="message-part")
         yield Static("", classes="message-meta")
 
     @property
-    def body(self) -> Markdown:
-        return self.query_one(".message-body", Markdown)
+    def parts(self) -> list[Markdown]:
+        return list(self.query(".message-part").results(Markdown))
 
     @property
     def source(self) -> str:
         """The Markdown shown now."""
-        return self.body.source
+        return "".join(part.source for part in self.parts)
+
+    # -- streaming (a reply)
+
+    async def write(self, text: str) -> None:
+        """Add ``text`` to the reply: into the last part's stream, or a new part once that one is full."""
+        if self._splitter is None:
+            self._splitter = MarkdownSplitter()
+        for number, piece in self._splitter.feed(text):
+            while number >= len(self._texts):
+                await self._next_part()
+            self._texts[number] += piece
+            if self._stream is None:
+                self._stream = Markdown.get_stream(self.parts[-1])
+            await self._stream.write(piece)
+
+    async def _next_part(self) -> None:
+        await self._end_part()
+        self._texts.append("")
+        await self.query_one(".message-body", Vertical).mount(Markdown(classes="message-part"))
+
+    async def _end_part(self) -> None:
+        """Stop the last part's stream and give it its one full render."""
+        if self._stream is not None:
+            await self._stream.stop()
+            self._stream = None
+            await self.parts[-1].update(self._texts[-1])
+
+    async def finish(self) -> None:
+        """The reply is complete (or stopped): the last part gets its final render."""
+        await self._end_part()
+
+    def set_state(self, state: ReplyState) -> None:
+        self.state = state
+        for line in self.query(".message-author, .message-meta"):
+            for name in ("streaming", "stopped", "failed"):
+                line.set_class(state == name, f"-{name}")
 
     def show_meta(self, text: str) -> None:
         """The line under a reply (its figures, ``stopped``...); empty hides it."""
-        self.query_one(".message-meta", Static).update(Content(text))
-        self.set_class(bool(text), "-has-meta")
+        meta = self.query_one(".message-meta", Static)
+        meta.update(Content(text))
+        meta.set_class(bool(text), "-shown")
+
+    @property
+    def meta(self) -> str:
+        return str(self.query_one(".message-meta", Static).render()) if self.query(".message-meta.-shown") else ""
 
 
 class NoteView(Static):
