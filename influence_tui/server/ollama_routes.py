@@ -1,0 +1,415 @@
+"""Ollama's API: ``/api/tags``, ``/api/show``, ``/api/generate``, ``/api/chat``, ``/api/embed``,
+``/api/embeddings``, ``/api/ps``, ``/api/version`` and ``/``.
+
+Answers stream as newline-delimited JSON unless ``"stream": false``; the final object carries
+``done_reason`` and Ollama's timings in nanoseconds. Errors are ``{"error": "..."}`` with the right status.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import anyio.to_thread
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from influence_tui import __version__
+from influence_tui.core.engine.runner import TokenStream
+from influence_tui.core.errors import InfluenceError
+from influence_tui.core.types import ChatMessage, GenerationStats, LoadedModelInfo, Role, SamplingParams
+from influence_tui.core.units import human_count
+from influence_tui.server.access import record_usage
+from influence_tui.server.errors import APIError, bad_request, from_influence_error, log
+from influence_tui.server.openai_routes import check_dimensions, server_state, shorten
+from influence_tui.server.params import RequestedSampling, sampling_params
+from influence_tui.server.schemas import (
+    OllamaChatRequest,
+    OllamaEmbeddingsRequest,
+    OllamaEmbedRequest,
+    OllamaGenerateRequest,
+    OllamaMessage,
+    OllamaOptions,
+    OllamaShowRequest,
+    parse_body,
+)
+from influence_tui.server.state import ServerState, model_modified, utc_iso
+from influence_tui.server.streams import EngineStreamingResponse, EventPump, cancel_on_disconnect, collect, ndjson
+
+router = APIRouter()
+
+#: The Ollama API version these routes follow (clients such as Open WebUI check it).
+OLLAMA_VERSION = "0.9.0"
+NEVER = "9999-12-31T23:59:59Z"
+"""``expires_at`` of the served model: it stays loaded while the server runs."""
+
+_NS = 1_000_000_000
+
+
+@router.get("/", response_class=PlainTextResponse)
+@router.head("/", response_class=PlainTextResponse)
+async def root() -> str:
+    return "Ollama is running"
+
+
+@router.get("/api/version")
+async def version() -> dict[str, str]:
+    return {"version": OLLAMA_VERSION, "influence": __version__}
+
+
+# ------------------------------------------------------------------------------------------ models
+
+
+def details(state: ServerState) -> dict[str, Any]:
+    model = state.model
+    family = model.architecture or "unknown"
+    return {
+        "parent_model": "",
+        "format": "gguf" if model.format.startswith("gguf") else "safetensors",
+        "family": family,
+        "families": [family],
+        "parameter_size": human_count(model.parameters) if model.parameters else "",
+        "quantization_level": model.quantization or "",
+    }
+
+
+@router.get("/api/tags")
+async def tags(request: Request) -> dict[str, Any]:
+    state = server_state(request)
+    model = state.model
+    return {
+        "models": [
+            {
+                "name": model.name,
+                "model": model.name,
+                "modified_at": utc_iso(model_modified(model)),
+                "size": model.size_bytes,
+                "digest": state.digest,
+                "details": details(state),
+            }
+        ]
+    }
+
+
+@router.get("/api/ps")
+async def ps(request: Request) -> dict[str, Any]:
+    state = server_state(request)
+    info = state.runner.info
+    if state.status != "ok" or info is None:
+        return {"models": []}
+    model = state.model
+    return {
+        "models": [
+            {
+                "name": model.name,
+                "model": model.name,
+                "size": model.size_bytes,
+                "digest": state.digest,
+                "details": details(state),
+                "expires_at": NEVER,
+                "size_vram": model.size_bytes if info.device.startswith(("cuda", "mps")) else 0,
+                "context_length": info.context_length,
+            }
+        ]
+    }
+
+
+def _parameters_text(state: ServerState, info: LoadedModelInfo | None) -> str:
+    settings = state.settings
+    lines = [
+        f"temperature {settings.temperature:g}",
+        f"top_p {settings.top_p:g}",
+        f"repeat_penalty {settings.repeat_penalty:g}",
+        f"num_predict {settings.max_tokens}",
+    ]
+    if settings.top_k:
+        lines.append(f"top_k {settings.top_k}")
+    if settings.min_p:
+        lines.append(f"min_p {settings.min_p:g}")
+    if info is not None:
+        lines.append(f"num_ctx {info.context_length}")
+    return "\n".join(lines)
+
+
+@router.post("/api/show")
+async def show(request: Request) -> dict[str, Any]:
+    state = server_state(request)
+    body = parse_body(OllamaShowRequest, await request.body())
+    state.served_name(body.model or body.name, required=True)
+    info = state.runner.info if state.status == "ok" else None
+    model = state.model
+    arch = model.architecture or (info.architecture if info else "unknown")
+    context = info.context_length if info else model.context_length
+    model_info: dict[str, Any] = {
+        "general.architecture": arch,
+        "general.basename": model.name,
+        "general.parameter_count": (info.parameters if info else None) or model.parameters,
+        "general.file_type": model.quantization,
+        f"{arch}.context_length": context,
+    }
+    template = await anyio.to_thread.run_sync(state.chat_template) if info else None
+    return {
+        "license": "",
+        "modelfile": f"# Modelfile for {model.name}, served by Influence\nFROM {model.path}\n",
+        "parameters": _parameters_text(state, info),
+        "template": template or "",
+        "details": details(state),
+        "model_info": model_info,
+        "capabilities": ["completion"],
+        "modified_at": utc_iso(model_modified(model)),
+    }
+
+
+# ------------------------------------------------------------------------------------------ generation
+
+
+def _sampling(state: ServerState, options: OllamaOptions | None, info: LoadedModelInfo) -> tuple[SamplingParams, int]:
+    """Sampling parameters and the context to fit the prompt in, from Ollama's ``options``."""
+    options = options or OllamaOptions()
+    context = info.context_length
+    if options.num_ctx is not None:
+        if options.num_ctx < 1:
+            raise bad_request(f"num_ctx must be at least 1, got {options.num_ctx}", param="num_ctx")
+        context = min(context, options.num_ctx)
+    num_predict = options.num_predict
+    if num_predict is not None:
+        if num_predict in (-1, -2):  # until the context is full
+            num_predict = context
+        elif num_predict < 1:
+            raise bad_request(f"num_predict must be -1, -2 or at least 1, got {num_predict}", param="num_predict")
+        num_predict = min(num_predict, context)
+    repeat_last_n = options.repeat_last_n
+    if repeat_last_n == -1:
+        repeat_last_n = 0  # the whole context
+    asked = RequestedSampling(
+        temperature=options.temperature,
+        top_p=options.top_p,
+        top_k=options.top_k,
+        min_p=options.min_p,
+        repeat_penalty=options.repeat_penalty,
+        repeat_last_n=repeat_last_n,
+        max_tokens=num_predict,
+        seed=options.seed,
+        stop=options.stop,
+    )
+    return sampling_params(state.settings, asked, names={"max_tokens": "num_predict"}), context
+
+
+def _fit(params: SamplingParams, context: int, prompt_tokens: int) -> SamplingParams:
+    """At most what is left of ``context`` (``num_ctx``) after the prompt."""
+    room = max(1, context - prompt_tokens)
+    return params if params.max_tokens <= room else replace(params, max_tokens=room)
+
+
+def _timings(stats: GenerationStats | None, started: float) -> dict[str, Any]:
+    total = time.perf_counter() - started
+    if stats is None:
+        return {"total_duration": int(total * _NS), "load_duration": 0}
+    return {
+        "done_reason": "length" if stats.finish_reason == "length" else "stop",
+        "total_duration": int(total * _NS),
+        "load_duration": int(stats.load_s * _NS),
+        "prompt_eval_count": stats.prompt_tokens,
+        "prompt_eval_duration": int(stats.time_to_first_token_s * _NS),
+        "eval_count": stats.generated_tokens,
+        "eval_duration": int(max(0.0, stats.total_s - stats.time_to_first_token_s) * _NS),
+    }
+
+
+def _error_line(exc: Exception) -> bytes:
+    if isinstance(exc, InfluenceError):
+        return ndjson(from_influence_error(exc).ollama_body())
+    log.error("generation failed", exc_info=exc)
+    return ndjson(APIError(500, f"generation failed: {exc.__class__.__name__}: {exc}").ollama_body())
+
+
+_ROLES: dict[str, Role] = {"system": "system", "user": "user", "assistant": "assistant"}
+
+
+def _chat_messages(messages: list[OllamaMessage]) -> list[ChatMessage]:
+    converted: list[ChatMessage] = []
+    for index, message in enumerate(messages):
+        role = _ROLES.get(message.role)
+        if role is None:
+            raise bad_request(
+                f"messages[{index}].role is {message.role!r}; supported roles are system, user and assistant"
+            )
+        if message.images:
+            raise bad_request("images are not supported: the served model reads text only")
+        converted.append(ChatMessage(role, message.content or ""))
+    return converted
+
+
+def _load_answer(model: str, started: float, key: str) -> dict[str, Any]:
+    """What Ollama answers to a request with nothing to generate: the model is loaded, and that is all."""
+    content: Any = {"role": "assistant", "content": ""} if key == "message" else ""
+    return {
+        "model": model,
+        "created_at": utc_iso(),
+        key: content,
+        "done": True,
+        "done_reason": "load",
+        "total_duration": int((time.perf_counter() - started) * _NS),
+    }
+
+
+@router.post("/api/chat", response_model=None)
+async def chat(request: Request) -> Response:
+    started = time.perf_counter()
+    state = server_state(request)
+    body = parse_body(OllamaChatRequest, await request.body())
+    state.served_name(body.model, required=True)
+    model = body.model or state.model.name
+    info = state.require_ready()
+    if not body.messages:
+        return JSONResponse(_load_answer(model, started, "message"))
+    messages = _chat_messages(body.messages)
+    params, context = _sampling(state, body.options, info)
+    plan = await anyio.to_thread.run_sync(state.chat_prompt, messages, params, context)
+    params = _fit(params, context, len(plan.prompt_ids))
+    pump = EventPump(state.submit(plan.prompt_ids, params))
+
+    def line(content: str, done: bool) -> dict[str, Any]:
+        return {
+            "model": model,
+            "created_at": utc_iso(),
+            "message": {"role": "assistant", "content": content},
+            "done": done,
+        }
+
+    if body.stream is not False:
+
+        async def lines() -> AsyncIterator[bytes]:
+            try:
+                async for event in pump.events():
+                    if event.text:
+                        yield ndjson(line(event.text, False))
+                    if event.stats is not None:
+                        record_usage(request, event.stats.prompt_tokens, event.stats.generated_tokens)
+                        yield ndjson({**line("", True), **_timings(event.stats, started)})
+            except Exception as exc:
+                yield _error_line(exc)
+
+        return EngineStreamingResponse(lines(), on_close=pump.cancel, media_type="application/x-ndjson")
+    async with cancel_on_disconnect(request, [pump]):
+        result = await collect(pump)
+    if result.stats is not None:
+        record_usage(request, result.stats.prompt_tokens, result.stats.generated_tokens)
+    return JSONResponse({**line(result.text, True), **_timings(result.stats, started)})
+
+
+def _generate_prompt(
+    state: ServerState, body: OllamaGenerateRequest, params: SamplingParams, context: int
+) -> list[int]:
+    """The prompt's token ids (blocking: tokenizes): raw, or through the chat template; after ``context``."""
+    prior = list(body.context or [])
+    if prior:
+        state.check_token_ids(prior, "context")
+    prompt = body.prompt or ""
+    if body.raw:
+        ids = prior + state.encode(prompt, add_special_tokens=not prior)
+    else:
+        messages = [ChatMessage("system", body.system)] if body.system else []
+        messages.append(ChatMessage("user", prompt))
+        ids = prior + list(state.chat_prompt(messages, params, context - len(prior)).prompt_ids)
+    if len(ids) >= context:
+        raise bad_request(
+            f"the prompt is {len(ids)} tokens but the context holds {context}: no room is left for a reply"
+        )
+    return ids
+
+
+@router.post("/api/generate", response_model=None)
+async def generate(request: Request) -> Response:
+    started = time.perf_counter()
+    state = server_state(request)
+    body = parse_body(OllamaGenerateRequest, await request.body())
+    state.served_name(body.model, required=True)
+    model = body.model or state.model.name
+    if body.images:
+        raise bad_request("images are not supported: the served model reads text only")
+    if body.suffix:
+        raise bad_request("suffix (fill-in-the-middle) is not supported")
+    info = state.require_ready()
+    if not body.prompt and not body.context:
+        return JSONResponse(_load_answer(model, started, "response"))
+    params, context = _sampling(state, body.options, info)
+    prompt_ids = await anyio.to_thread.run_sync(_generate_prompt, state, body, params, context)
+    params = _fit(params, context, len(prompt_ids))
+    stream: TokenStream = state.submit(prompt_ids, params)
+    pump = EventPump(stream)
+
+    def line(text: str, done: bool) -> dict[str, Any]:
+        return {"model": model, "created_at": utc_iso(), "response": text, "done": done}
+
+    if body.stream is not False:
+
+        async def lines() -> AsyncIterator[bytes]:
+            generated: list[int] = []
+            try:
+                async for event in pump.events():
+                    if event.token_id is not None:
+                        generated.append(event.token_id)
+                    if event.text:
+                        yield ndjson(line(event.text, False))
+                    if event.stats is not None:
+                        record_usage(request, event.stats.prompt_tokens, event.stats.generated_tokens)
+                        final = {**line("", True), **_timings(event.stats, started), "context": prompt_ids + generated}
+                        yield ndjson(final)
+            except Exception as exc:
+                yield _error_line(exc)
+
+        return EngineStreamingResponse(lines(), on_close=pump.cancel, media_type="application/x-ndjson")
+    async with cancel_on_disconnect(request, [pump]):
+        result = await collect(pump)
+    if result.stats is not None:
+        record_usage(request, result.stats.prompt_tokens, result.stats.generated_tokens)
+    answer = {**line(result.text, True), **_timings(result.stats, started), "context": prompt_ids + result.token_ids}
+    return JSONResponse(answer)
+
+
+# ------------------------------------------------------------------------------------------ embeddings
+
+
+@router.post("/api/embed")
+async def embed(request: Request) -> dict[str, Any]:
+    started = time.perf_counter()
+    state = server_state(request)
+    body = parse_body(OllamaEmbedRequest, await request.body())
+    if not body.model:
+        raise bad_request("model is required")
+    if body.input is None:
+        raise bad_request("input is required: a string or a list of strings")
+    texts = [body.input] if isinstance(body.input, str) else list(body.input)
+    if any(not text for text in texts):
+        raise bad_request("every input needs some text")
+    if body.dimensions is not None and body.dimensions < 1:
+        raise bad_request(f"dimensions must be at least 1, got {body.dimensions}")
+    target = await anyio.to_thread.run_sync(state.embedding_model, body.model)
+    result = await anyio.to_thread.run_sync(state.embed, target, texts)
+    if result.vectors:
+        check_dimensions(body.dimensions, len(result.vectors[0]))
+    record_usage(request, result.prompt_tokens)
+    return {
+        "model": body.model,
+        "embeddings": [shorten(vector, body.dimensions) for vector in result.vectors],
+        "total_duration": int((time.perf_counter() - started) * _NS),
+        "load_duration": int(result.load_s * _NS),
+        "prompt_eval_count": result.prompt_tokens,
+    }
+
+
+@router.post("/api/embeddings")
+async def embeddings(request: Request) -> dict[str, Any]:
+    state = server_state(request)
+    body = parse_body(OllamaEmbeddingsRequest, await request.body())
+    if not body.model:
+        raise bad_request("model is required")
+    target = await anyio.to_thread.run_sync(state.embedding_model, body.model)
+    if not body.prompt:
+        return {"embedding": []}
+    result = await anyio.to_thread.run_sync(state.embed, target, [body.prompt])
+    record_usage(request, result.prompt_tokens)
+    return {"embedding": result.vectors[0]}
