@@ -1,0 +1,59 @@
+"""One chat turn over the engine: fit the session into the context, start the reply, record it when done.
+
+Shared by every front end (the CLI REPL, the TUI worker, the server) so they build prompts and keep
+history the same way. Nothing here touches a UI.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from influence_tui.core.errors import InfluenceError
+from influence_tui.core.types import GenerationStats, SamplingParams
+
+if TYPE_CHECKING:
+    from influence_tui.core.engine.runner import EngineRunner, TokenStream
+    from influence_tui.core.sessions import ChatSession, PromptPlan, SessionStore
+
+
+def reply_reserve(params: SamplingParams, context_length: int) -> int:
+    """Tokens kept free for the reply when fitting history: max_tokens, but never more than half the context."""
+    return max(1, min(params.max_tokens, context_length // 2))
+
+
+@dataclass
+class ReplyInProgress:
+    """A reply being generated: its prompt plan and token stream."""
+
+    plan: PromptPlan
+    stream: TokenStream
+
+
+def start_reply(
+    runner: EngineRunner, session: ChatSession, stop_event: threading.Event | None = None
+) -> ReplyInProgress:
+    """Build the prompt for the session's last user message and queue its generation."""
+    info = runner.info
+    if info is None:
+        raise InfluenceError("no model is loaded", hint="load a model before chatting")
+    params = session.params
+    plan = runner.with_model(
+        lambda loaded: session.build_prompt(
+            loaded.tokenizer,
+            context_length=info.context_length,
+            reserve_tokens=reply_reserve(params, info.context_length),
+        )
+    )
+    return ReplyInProgress(plan, runner.submit(plan.prompt_ids, params, stop_event))
+
+
+def finish_reply(
+    session: ChatSession, text: str, stats: GenerationStats | None, store: SessionStore | None = None
+) -> None:
+    """Record the reply (even a cancelled, partial one: nothing the user saw is lost) and autosave."""
+    if text or stats is None or stats.finish_reason != "cancelled":
+        session.add_assistant(text, stats=stats)
+    if store is not None:
+        store.autosave(session)
