@@ -21,12 +21,49 @@ async def _library(size: tuple[int, int], name: str) -> Path:
     from influence_tui.core.config import load_settings
     from influence_tui.tui.app import InfluenceApp
 
-    app = InfluenceApp(load_settings())
+    app = InfluenceApp(load_settings(), load_model=False)
     async with app.run_test(size=size) as pilot:
+        await app.switch_mode("library")
         await pilot.pause(0.5)
         await app.workers.wait_for_complete()
         await pilot.pause(1.0)  # DataTable sizes its columns on the next refresh
         return Path(app.save_screenshot(filename=f"{name}.svg", path=str(OUT)))
+
+
+# ------------------------------------------------------------------------------------------ chat, dialogs
+
+
+async def _chat_screen(size: tuple[int, int], name: str, scene: str, *, sessions: bool = False) -> Path:
+    """The chat screen or one of its (or the library's) dialogs, on the scripted engine and the fixed library of
+    the snapshot tests (tests/tui/scenes.py): a conversation with a code block and a table, fixed figures."""
+    from dataclasses import replace
+
+    from influence_tui.core.config import load_settings
+    from tests.tui import scenes
+
+    settings = load_settings()
+    settings = replace(settings, sessions_dir=settings.sessions_dir / name)  # each picture its own saved chats
+    if sessions:
+        scenes.save_sessions(settings.sessions_dir)
+    with scenes.utc():
+        app = scenes.make_app(settings)
+        async with app.run_test(size=size) as pilot:
+            await getattr(scenes, scene)(pilot)
+            return Path(app.save_screenshot(filename=f"{name}.svg", path=str(OUT)))
+
+
+def chat_shots() -> list[Path]:
+    return [
+        asyncio.run(_chat_screen((120, 36), "chat-120x36", "conversation")),
+        asyncio.run(_chat_screen((80, 24), "chat-80x24", "conversation")),
+        asyncio.run(_chat_screen((120, 36), "dialog-continue-120x36", "offer_to_continue", sessions=True)),
+        asyncio.run(_chat_screen((120, 36), "dialog-open-120x36", "open_dialog", sessions=True)),
+        asyncio.run(_chat_screen((120, 36), "dialog-save-120x36", "save_dialog")),
+        asyncio.run(_chat_screen((120, 36), "dialog-model-120x36", "model_picker")),
+        asyncio.run(_chat_screen((120, 36), "dialog-code-120x36", "code_picker")),
+        asyncio.run(_chat_screen((120, 36), "dialog-remove-120x36", "remove_dialog")),
+        asyncio.run(_chat_screen((120, 36), "dialog-import-120x36", "import_dialog")),
+    ]
 
 
 def main() -> None:
@@ -36,6 +73,7 @@ def main() -> None:
             os.environ[var] = str(Path(tmp) / var.lower())
         os.environ["HF_HUB_OFFLINE"] = "1"
         shots = [asyncio.run(_library((80, 24), "library-80x24")), asyncio.run(_library((120, 34), "library-120x34"))]
+        shots += chat_shots()
     converter = shutil.which("rsvg-convert")
     for svg in shots:
         if converter:

@@ -172,12 +172,13 @@ class InfluenceApp(App[None]):
     # ------------------------------------------------------------------------------------------ palette
 
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
-        """Textual's commands, then every binding the screen offers now (the footer's and the hidden ones)."""
+        """Textual's commands, then every binding of ours the screen offers now (the footer's and the hidden
+        ones: those with an id; the widgets' own editing keys stay out)."""
         yield from super().get_system_commands(screen)
         seen: set[str] = set()
         for key, active in screen.active_bindings.items():
             binding = active.binding
-            if not binding.description or binding.system or not active.enabled or binding.action in seen:
+            if binding.id is None or not binding.description or not active.enabled or binding.action in seen:
                 continue
             if binding.action in ("quit", "command_palette"):
                 continue

@@ -245,12 +245,28 @@ def test_enter_sends_and_ctrl_j_starts_a_new_line() -> None:
     async def scenario(ui: UI) -> None:
         await ui.type("first line")
         await ui.pilot.press("ctrl+j")
-        await ui.pilot.press(*"second")
-        assert ui.prompt.text == "first line\nsecond"
+        await ui.pilot.press(*"second", "shift+enter", *"third")
+        assert ui.prompt.text == "first line\nsecond\nthird"
         assert not ui.chat.session.messages
         await ui.pilot.press("enter")
         await ui.idle()
-        assert ui.chat.session.messages[0].content == "first line\nsecond"
+        assert ui.chat.session.messages[0].content == "first line\nsecond\nthird"
+
+    run_chat(scenario)
+
+
+def test_keys_typed_in_one_burst_are_sent_in_order() -> None:
+    """A terminal delivers fast typing (or tmux send-keys, or a paste without brackets) in one read: Enter must
+    send the text typed just before it, not what the prompt held when the burst arrived."""
+    from textual import events
+
+    async def scenario(ui: UI) -> None:
+        await ui.type("old text")
+        for key, char in [*((c, c) for c in " and more"), ("ctrl+j", "\n"), *((c, c) for c in "last"), ("enter", "\r")]:
+            ui.app.post_message(events.Key(key, char))
+        await ui.idle()
+        assert ui.chat.session.messages[0].content == "old text and more\nlast"
+        assert ui.prompt.text == ""
 
     run_chat(scenario)
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
-from textual.actions import SkipAction
-from textual.binding import Binding, BindingType
+from textual import events
 from textual.message import Message
 from textual.widgets import TextArea
 
@@ -48,14 +46,14 @@ def _common_prefix(words: list[str]) -> str:
 
 
 class PromptInput(TextArea):
-    """A TextArea that sends on Enter. Posts :class:`PromptInput.Submitted`; the screen decides what it means."""
+    """A TextArea that sends on Enter. Posts :class:`PromptInput.Submitted`; the screen decides what it means.
 
-    BINDINGS: ClassVar[list[BindingType]] = [
-        # Priority: TextArea would insert a newline for Enter before a normal binding is looked at.
-        Binding("enter", "submit", "Send", id="prompt.send", priority=True, show=False),
-        Binding("shift+enter,ctrl+j", "newline", "New line", id="prompt.newline", priority=True, show=False),
-        Binding("tab", "complete", "Complete", id="prompt.complete", show=False),
-    ]
+    Enter, Shift+Enter, Ctrl+J and Tab are handled in the key handler rather than by bindings: keys reach a
+    widget in the order they were typed, but a binding would act when the key arrives at the app, before the
+    characters typed just ahead of it (a fast typist, a paste, tmux send-keys) are in the text.
+    """
+
+    KEYS = {"enter": "submit", "shift+enter": "newline", "ctrl+j": "newline", "tab": "complete"}
 
     @dataclass
     class Submitted(Message):
@@ -76,6 +74,20 @@ class PromptInput(TextArea):
             placeholder=placeholder,
         )
 
+    async def _on_key(self, event: events.Key) -> None:
+        action = self.KEYS.get(event.key)
+        if action == "submit":
+            self.action_submit()
+        elif action == "newline":
+            self.action_newline()
+        elif action == "complete" and self.complete():
+            pass
+        else:
+            await super()._on_key(event)  # Tab with nothing to complete goes on: it moves the focus
+            return
+        event.stop()
+        event.prevent_default()
+
     def action_submit(self) -> None:
         if self.text.strip():
             self.post_message(self.Submitted(self, self.text))
@@ -83,12 +95,13 @@ class PromptInput(TextArea):
     def action_newline(self) -> None:
         self.insert("\n")
 
-    def action_complete(self) -> None:
+    def complete(self) -> bool:
+        """Complete the command name being typed; False when there is nothing to complete."""
         completed = complete_command(self.text)
         if completed is None:
-            raise SkipAction()  # Tab moves the focus on, as everywhere else
-        self.load_text(completed)
-        self.move_cursor(self.document.end)
+            return False
+        self.set_text(completed)
+        return True
 
     def update_suggestion(self) -> None:
         """Grey ghost text completing a command name (Right or Tab takes it)."""
