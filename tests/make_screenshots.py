@@ -66,6 +66,34 @@ def chat_shots() -> list[Path]:
     ]
 
 
+# ------------------------------------------------------------------------------------------ hub search, downloads
+
+
+async def _hub_screen(size: tuple[int, int], name: str, steps: str) -> Path:
+    """The hub search, its quantization dialog or the downloads screen of the real app, on the fixed Hub answers
+    and download states of tests/tui/hub_data.py (the same as the snapshot tests: no network needed)."""
+    from unittest import mock
+
+    from influence_tui.core.config import load_settings
+    from influence_tui.tui.app import InfluenceApp
+    from tests.tui import hub_data
+
+    with mock.patch.dict(os.environ, {"INFLUENCE_MODELS_DIR": hub_data.MODELS_DIR}), hub_data.fixed_hub():
+        app = InfluenceApp(load_settings(), load_model=False)
+        async with app.run_test(size=size) as pilot:
+            await getattr(hub_data, steps)(pilot)
+            return Path(app.save_screenshot(filename=f"{name}.svg", path=str(OUT)))
+
+
+def hub_shots() -> list[Path]:
+    return [
+        asyncio.run(_hub_screen((120, 36), "hub-search-120x36", "open_hub")),
+        asyncio.run(_hub_screen((80, 24), "hub-search-80x24", "open_hub")),
+        asyncio.run(_hub_screen((120, 36), "hub-quant-dialog-120x36", "open_quant_dialog")),
+        asyncio.run(_hub_screen((120, 36), "downloads-120x36", "open_downloads")),
+    ]
+
+
 def main() -> None:
     OUT.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -73,6 +101,7 @@ def main() -> None:
             os.environ[var] = str(Path(tmp) / var.lower())
         os.environ["HF_HUB_OFFLINE"] = "1"
         shots = [asyncio.run(_library((80, 24), "library-80x24")), asyncio.run(_library((120, 34), "library-120x34"))]
+        shots += hub_shots()
         shots += chat_shots()
     converter = shutil.which("rsvg-convert")
     for svg in shots:

@@ -29,9 +29,12 @@ from influence_tui.core.errors import InfluenceError
 from influence_tui.core.library import Library
 from influence_tui.core.sessions import SessionStore
 from influence_tui.core.types import LocalModel
+from influence_tui.tui.download_service import DownloadService, DownloadUpdated
 from influence_tui.tui.messages import ChatWithModel, ModelLoaded, ModelLoadFailed, ModelLoading
 from influence_tui.tui.paths import stylesheet
 from influence_tui.tui.screens.chat import ChatScreen
+from influence_tui.tui.screens.downloads import DownloadsScreen
+from influence_tui.tui.screens.hub_search import HubSearchScreen
 from influence_tui.tui.screens.library import LibraryScreen
 from influence_tui.tui.services import EngineState, RunnerFactory, Services
 from influence_tui.tui.widgets.mode_bar import Navigation
@@ -45,12 +48,15 @@ class InfluenceApp(App[None]):
     CSS_PATH = [stylesheet("base.tcss")]
     MODES: ClassVar[dict[str, str | Callable[[], Screen[None]]]] = {
         "chat": ChatScreen,
+        "hub": HubSearchScreen,
+        "downloads": DownloadsScreen,
         "library": LibraryScreen,
     }
     DEFAULT_MODE = "chat"
     NAVIGATION: ClassVar[Navigation] = (
         ("chat", "f1", "Chat"),
-        # f2 and f3: the hub search and downloads screens.
+        ("hub", "f2", "Hub"),
+        ("downloads", "f3", "Downloads"),
         ("library", "f4", "Library"),
     )
     """(mode, key, label) of each top-level screen: its binding, and its tab in the mode bar on every screen."""
@@ -80,6 +86,8 @@ class InfluenceApp(App[None]):
         once the first screen has painted)."""
         super().__init__()
         self.services = Services(settings, runner_factory=runner_factory, library=library, store=store)
+        self.downloads = DownloadService(self, settings, library=self.services.library)
+        """Hub downloads: they run in the app, so they go on whichever screen is shown."""
         self._load_at_start = load_model
         self.first_paint_at: float | None = None
         """``time.perf_counter()`` when the first screen had painted."""
@@ -97,7 +105,32 @@ class InfluenceApp(App[None]):
             self.load_model(None)
 
     def on_unmount(self) -> None:
+        self.downloads.shutdown()
         self.services.close()
+
+    # ------------------------------------------------------------------------------------------ downloads
+
+    def on_download_updated(self, message: DownloadUpdated) -> None:
+        self.downloads.apply(message)
+
+    async def action_quit(self) -> None:
+        """Quit; with downloads running, ask first (they stop, and resume from their partial files later)."""
+        from influence_tui.tui.dialogs.confirm import ConfirmDialog
+
+        running = self.downloads.running
+        if not running or isinstance(self.screen, ConfirmDialog):  # Ctrl+Q twice quits
+            self.exit()
+            return
+        names = ", ".join(e.request.label for e in running[:3]) + (" …" if len(running) > 3 else "")
+        self.push_screen(
+            ConfirmDialog(
+                f"Quit with {len(running)} download{'s' if len(running) != 1 else ''} running?",
+                f"{names} stop now. Their partial files stay: the downloads screen (F3) resumes them next time.",
+                confirm="Quit",
+                cancel="Keep downloading",
+            ),
+            lambda quit_now: self.exit() if quit_now else None,
+        )
 
     # ------------------------------------------------------------------------------------------ the engine
 
