@@ -118,19 +118,18 @@ class InfluenceApp(App[None]):
         from influence_tui.tui.dialogs.confirm import ConfirmDialog
 
         running = self.downloads.running
-        if not running or isinstance(self.screen, ConfirmDialog):  # Ctrl+Q twice quits
+        if not running or self.screen.id == "confirm-quit":  # Ctrl+Q twice quits
             self.exit()
             return
         names = ", ".join(e.request.label for e in running[:3]) + (" …" if len(running) > 3 else "")
-        self.push_screen(
-            ConfirmDialog(
-                f"Quit with {len(running)} download{'s' if len(running) != 1 else ''} running?",
-                f"{names} stop now. Their partial files stay: the downloads screen (F3) resumes them next time.",
-                confirm="Quit",
-                cancel="Keep downloading",
-            ),
-            lambda quit_now: self.exit() if quit_now else None,
+        dialog = ConfirmDialog(
+            f"Quit with {len(running)} download{'s' if len(running) != 1 else ''} running?",
+            f"{names} stop now. Their partial files stay: the downloads screen (F3) resumes them next time.",
+            confirm="Quit",
+            cancel="Keep downloading",
         )
+        dialog.id = "confirm-quit"
+        self.push_screen(dialog, lambda quit_now: self.exit() if quit_now else None)
 
     # ------------------------------------------------------------------------------------------ the engine
 

@@ -48,6 +48,7 @@ SPEED_POINTS = 60
 STATE_FILE = ".influence-downloads.json"
 INTERRUPTED = "interrupted when Influence closed; r resumes from the bytes on disk"
 CANCELLED = "cancelled; r resumes from the bytes on disk"
+FINISHING = "every file is verified; putting the model in the library"
 
 
 @dataclass(frozen=True)
@@ -400,9 +401,11 @@ class DownloadService:
         changes["state"] = state
         if message.state is not None or progress is None:
             changes["message"] = message.message
+        elif progress.state in FINAL_STATES:  # every file is verified; the worker is finishing
+            changes["message"] = FINISHING
         else:  # progress: the reason a file is retrying, while it is
             changes["message"] = next((f.message for f in progress.files if f.state == "retrying"), None)
-        if state in FINAL_STATES:
+        if state != "downloading":
             changes.update(speed=0.0, eta_s=None)
         if message.result is not None:
             changes["result"] = message.result

@@ -146,7 +146,7 @@ class HubSearchScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield ModeBar("hub")
         with Horizontal(id="hub-query"):
-            yield Input(placeholder="Search models on the Hub: qwen, llama gguf, smollm…", id="hub-search")
+            yield Input(placeholder="Search the Hub: qwen, smollm, gguf…", id="hub-search")
             yield Input(placeholder="author", id="hub-author")
             yield Checkbox("GGUF only", id="hub-gguf")
         with Horizontal(id="hub-body"):
