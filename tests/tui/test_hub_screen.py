@@ -100,7 +100,11 @@ def test_sort_by_column_with_a_key_or_a_click(hub: HubServer, hub_settings) -> N
     async def scenario(ui: HubUI) -> None:
         await ui.open_hub()
         await ui.wait_for(lambda: ui.result_ids() == ALL_BY_DOWNLOADS, "the first results")
+        await ui.pilot.pause(0.5)
+        assert len(searches(hub)) == 1  # opening the screen searches once
         await ui.pilot.press("escape")  # to the results: letters are keys there
+        palette = {c.title for c in ui.app.get_system_commands(ui.app.screen)}
+        assert {"Hub (f2)", "Downloads (f3)", "Download (d)", "Sort (s)", "GGUF only (g)", "Search (/)"} <= palette
         await ui.pilot.press("s")  # downloads -> likes: the Hub is asked for its most liked models
         await ui.wait_for(lambda: ui.result_ids() == [LLAMA, GGUF, BLOB, GATED], "most liked first")
         await ui.wait_for(lambda: not ui.hub.searching, "the likes search")
@@ -200,3 +204,21 @@ def test_unreachable_hub_says_so_and_what_to_do(unused_port: int, monkeypatch: p
         assert "Cannot reach the Hub" in ui.static_text(screen, "#hub-message")
 
     run_hub_app(load_settings(), scenario, size=(80, 24))
+
+
+def test_text_from_the_hub_is_never_markup(hub: HubServer, hub_settings, repo_folders, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    folder = tmp_path / "brackets"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes((repo_folders["blob"] / "model.safetensors").read_bytes())
+    (folder / "notes [draft] [red].md").write_text("[bold]not bold[/bold]")
+    hub.add_repo("tiny/brackets", folder, downloads=10_000, tags=["[bold]loud[/bold]", "x[/]"])
+
+    async def scenario(ui: HubUI) -> None:
+        await ui.open_hub()
+        await ui.wait_for(lambda: ui.result_ids()[:1] == ["tiny/brackets"], "the repo with brackets")
+        table = ui.hub.query_one("#hub-results", DataTable)
+        assert str(table.get_row_at(0)[4]) == "[bold]loud[/bold], x[/]"
+        await ui.wait_for(lambda: "Files (2)" in ui.details_text(), "its details")
+        assert "notes [draft] [red].md" in ui.details_text()
+
+    run_hub_app(hub_settings, scenario)

@@ -319,7 +319,7 @@ class HubSearchScreen(Screen[None]):
                 name,
                 Text(short_count(model.downloads), justify="right"),
                 Text(short_count(model.likes), justify="right"),
-                day(model.updated),
+                Text(day(model.updated)),
                 Text(short_tags(model), style=muted, no_wrap=True, overflow="ellipsis"),
                 key=model.id,
             )

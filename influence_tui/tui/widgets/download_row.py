@@ -139,9 +139,9 @@ class DownloadRow(Widget, can_focus=True):
             bar.update(total=entry.total_bytes, progress=entry.done_bytes)
         else:  # size not known yet (or never: it failed before): an empty bar, not a busy animation
             bar.update(total=1, progress=1 if entry.finished else 0)
-        self.query_one("#download-bytes", Label).update(bytes_line(entry))
-        self.query_one("#download-speed", Label).update(speed_line(entry))
-        self.query_one("#download-eta", Label).update(eta_line(entry))
+        self.query_one("#download-bytes", Label).update(Text(bytes_line(entry)))
+        self.query_one("#download-speed", Label).update(Text(speed_line(entry)))
+        self.query_one("#download-eta", Label).update(Text(eta_line(entry)))
         speeds = list(entry.speeds[-SPEED_POINTS:])
         spark = self.query_one("#download-spark", Sparkline)
         spark.display = any(speeds)
