@@ -35,10 +35,6 @@ def test_chat_narrow(snap_compare, fixed: Settings) -> None:  # type: ignore[no-
     assert snap_compare(scenes.make_app(fixed), terminal_size=(80, 24), run_before=scenes.conversation)
 
 
-def test_chat_welcome_narrow(snap_compare, fixed: Settings) -> None:  # type: ignore[no-untyped-def]
-    assert snap_compare(scenes.make_app(fixed), terminal_size=(80, 24), run_before=scenes.welcome)
-
-
 def test_library(snap_compare, fixed: Settings) -> None:  # type: ignore[no-untyped-def]
     assert snap_compare(scenes.make_app(fixed), terminal_size=(120, 36), run_before=scenes.library)
 

@@ -87,6 +87,16 @@ class UI:
         await self.pilot.press("enter")
         await self.pilot.pause()
 
+    async def keys(self, *keys: str) -> None:
+        """Post key presses as a terminal delivers them, without waiting for the app to go idle in between
+        (Pilot's press waits for quiet, which a streaming reply never is)."""
+        from textual import events
+
+        for key in keys:
+            char = {"enter": "\r", "space": " "}.get(key, key if len(key) == 1 else None)
+            self.app.post_message(events.Key(key, char))
+        await self.pilot.pause(0.01)
+
     async def idle(self) -> None:
         """Wait until no reply is being written and every worker is done."""
         await self.wait_for(lambda: not self.chat.busy, "the reply to finish")

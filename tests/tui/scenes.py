@@ -99,8 +99,8 @@ def save_sessions(sessions_dir: Path) -> None:
 
 
 async def settle(pilot: Pilot[None]) -> None:
+    """Let the workers answer and the screen catch up (a worker's answer can start another: twice)."""
     for _ in range(2):
-        await pilot.pause(0.1)
         await pilot.app.workers.wait_for_complete()
         await pilot.pause()
 
@@ -159,7 +159,7 @@ async def library(pilot: Pilot[None]) -> None:
     await ready(pilot)
     await pilot.press("f4")
     await settle(pilot)
-    await pilot.pause(0.3)  # DataTable sizes its columns on the next refresh
+    await pilot.pause(0.1)  # DataTable sizes its columns on the next refresh
     await still(pilot)
 
 
@@ -179,7 +179,7 @@ async def open_dialog(pilot: Pilot[None]) -> None:
     await pilot.press("escape")  # not the offer to continue
     await pilot.press("ctrl+o")
     await settle(pilot)
-    await pilot.pause(0.3)
+    await pilot.pause(0.1)
     await still(pilot)
 
 
@@ -187,7 +187,7 @@ async def model_picker(pilot: Pilot[None]) -> None:
     await ready(pilot)
     await pilot.press("ctrl+l")
     await settle(pilot)
-    await pilot.pause(0.3)
+    await pilot.pause(0.1)
     await still(pilot)
 
 
@@ -206,5 +206,8 @@ async def remove_dialog(pilot: Pilot[None]) -> None:
 async def import_dialog(pilot: Pilot[None]) -> None:
     await library(pilot)
     await pilot.press("i")
-    await pilot.press(*"~/Downloads/mistral-7b-instruct.Q4_K_M.gguf")
+    await settle(pilot)
+    field = pilot.app.screen.query_one(Input)
+    field.value = "~/Downloads/mistral-7b-instruct.Q4_K_M.gguf"
+    field.cursor_position = len(field.value)
     await still(pilot)

@@ -120,6 +120,34 @@ def test_a_long_reply_streams_in_parts_each_rendered_once_at_its_end(monkeypatch
     run_chat(scenario, runner=ScriptedRunner([reply], delay=0.002, burst=20))
 
 
+def test_the_log_follows_the_reply_only_while_the_user_is_at_the_bottom() -> None:
+    reply = "".join(f"Line {i} of a long answer.\n\n" for i in range(80))
+
+    async def scenario(ui: UI) -> None:
+        from influence_tui.tui.widgets.chat_log import ChatLog
+
+        log = ui.chat.query_one(ChatLog)
+        await ui.send("/set max_tokens 5000")
+        await ui.type("Talk")
+        await ui.keys("enter")
+        await ui.wait_for(lambda: log.max_scroll_y > 30, "the reply to fill more than a screen")
+        await ui.wait_for(lambda: log.scroll_y == log.max_scroll_y, "following the reply", timeout=2)
+        await ui.keys("pageup")
+        await ui.wait_for(lambda: log.scroll_y < log.max_scroll_y - 10, "the page up")
+        await ui.wait_for(lambda: log.scroll_y == log.scroll_target_y, "the scroll to settle")
+        held = log.scroll_y
+        await ui.keys(*"typing")  # keys are answered while the reply streams
+        await ui.wait_for(lambda: ui.prompt.text == "typing", "the typing")
+        await ui.wait_for(lambda: log.max_scroll_y > held + 40, "more of the reply")
+        assert ui.chat.busy
+        assert log.scroll_y == held  # not dragged down while reading
+        log.scroll_end(animate=False)  # back at the bottom: following again
+        await ui.idle()
+        await ui.wait_for(lambda: log.scroll_y == log.max_scroll_y, "following again", timeout=2)
+
+    run_chat(scenario, runner=ScriptedRunner([reply], delay=0.01, burst=6, context_length=8192))
+
+
 def test_escape_stops_the_reply_at_once_and_keeps_the_partial_marked_stopped() -> None:
     reply = " ".join(f"w{i}" for i in range(400))
 

@@ -2,7 +2,7 @@
 
 Both replies come from the scripted engine in bursts of 50 tokens every 2 ms (faster than any local model on
 a CPU), through the real worker, message path, ``MarkdownStream`` and final render, and are timed in the same
-test (same machine, same load): from Enter to the reply recorded with its final render done.
+test (same machine, same load): from Enter to the reply recorded with its final render done. A second pair is\nmeasured only when the first is over the bound (the best of each size counts).
 """
 
 from __future__ import annotations
@@ -41,24 +41,30 @@ def markdown_tokens(count: int) -> list[str]:
 
 
 def test_a_reply_twice_as_long_takes_about_twice_as_long() -> None:
-    sizes = (300, 2000, 4000, 2000, 4000)  # the first warms up imports and caches; then each size twice
-    timings: dict[int, float] = {}
+    sizes = (300, 2000, 4000, 2000, 4000)  # the first warms up imports and caches; the last two are for a retry
+    timings: dict[int, list[float]] = {2000: [], 4000: []}
+
+    def ratio() -> float:
+        return min(timings[4000]) / min(timings[2000])
 
     async def scenario(ui: UI) -> None:
         await ui.send("/set max_tokens 5000")
-        for count in sizes:
+        for run, count in enumerate(sizes):
+            if run == 3 and ratio() <= 2.5:
+                break  # the retry is only for a machine that was busy during the first measurement
             await ui.send("/clear")
             await ui.idle()
             start = time.perf_counter()
             view = await ui.ask(f"Write {count} tokens")
             elapsed = time.perf_counter() - start
-            timings[count] = min(elapsed, timings.get(count, elapsed))  # the best of two: less noise from the machine
+            if count in timings:
+                timings[count].append(elapsed)
             assert view.source == "".join(markdown_tokens(count))
             assert ui.chat.session.last_stats is not None
             assert ui.chat.session.last_stats.generated_tokens == count
 
     runner = ScriptedRunner([markdown_tokens(n) for n in sizes], delay=0.002, burst=50, context_length=32768)
     run_chat(scenario, runner=runner, size=(100, 30))
-    ratio = timings[4000] / timings[2000]
-    print(f"2,000 tokens: {timings[2000]:.2f} s, 4,000 tokens: {timings[4000]:.2f} s, ratio {ratio:.2f}")
-    assert ratio <= 2.5, timings
+    best = {count: min(times) for count, times in timings.items()}
+    print(f"2,000 tokens: {best[2000]:.2f} s, 4,000 tokens: {best[4000]:.2f} s, ratio {ratio():.2f}")
+    assert ratio() <= 2.5, timings

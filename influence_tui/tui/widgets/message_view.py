@@ -135,6 +135,7 @@ class MessageView(Vertical):
         self.index = index
         """Where the message is in the session's messages (None until a reply is recorded)."""
         self._texts = split_markdown(text) if text else [""]
+        self._parts = [Markdown(part or None, classes="message-part") for part in self._texts]
         self._splitter: MarkdownSplitter | None = None
         self._stream: MarkdownStream | None = None
         self.state: ReplyState = ""
@@ -142,13 +143,12 @@ class MessageView(Vertical):
     def compose(self) -> ComposeResult:
         yield Static(Content(self.author), classes="message-author")
         with Vertical(classes="message-body"):
-            for text in self._texts:
-                yield Markdown(text or None, classes="message-part")
+            yield from self._parts
         yield Static("", classes="message-meta")
 
     @property
     def parts(self) -> list[Markdown]:
-        return list(self.query(".message-part").results(Markdown))
+        return list(self._parts)
 
     @property
     def source(self) -> str:
@@ -166,20 +166,22 @@ class MessageView(Vertical):
                 await self._next_part()
             self._texts[number] += piece
             if self._stream is None:
-                self._stream = Markdown.get_stream(self.parts[-1])
+                self._stream = Markdown.get_stream(self._parts[-1])
             await self._stream.write(piece)
 
     async def _next_part(self) -> None:
         await self._end_part()
+        part = Markdown(classes="message-part")
         self._texts.append("")
-        await self.query_one(".message-body", Vertical).mount(Markdown(classes="message-part"))
+        self._parts.append(part)
+        await self.query_one(".message-body", Vertical).mount(part)
 
     async def _end_part(self) -> None:
         """Stop the last part's stream and give it its one full render."""
         if self._stream is not None:
             await self._stream.stop()
             self._stream = None
-            await self.parts[-1].update(self._texts[-1])
+            await self._parts[-1].update(self._texts[-1])
 
     async def finish(self) -> None:
         """The reply is complete (or stopped): the last part gets its final render."""
