@@ -30,6 +30,11 @@ def saved_session(store_dir: Path, title: str, texts: list[str], when: str) -> C
 
 def test_save_names_the_chat_and_puts_it_in_the_store(isolated_env: Path) -> None:
     async def scenario(ui: UI) -> None:
+        await ui.pilot.press("ctrl+o")
+        await ui.app.workers.wait_for_complete()
+        await ui.pilot.pause()
+        assert "No saved chats yet" in ui.text()
+        await ui.pilot.press("escape")
         await ui.pilot.press("ctrl+s")
         assert any("Nothing to save yet" in n for _, n in ui.notes)
         await ui.ask("What is a monad?")
@@ -104,17 +109,6 @@ def test_open_lists_saved_chats_with_date_and_first_line(isolated_env: Path) -> 
     run_chat(scenario)
 
 
-def test_an_empty_store_says_so(isolated_env: Path) -> None:
-    async def scenario(ui: UI) -> None:
-        await ui.pilot.press("ctrl+o")
-        await ui.app.workers.wait_for_complete()
-        await ui.pilot.pause()
-        assert "No saved chats yet" in ui.text()
-        await ui.pilot.press("escape")
-
-    run_chat(scenario)
-
-
 def test_reopening_offers_to_continue_the_last_chat(isolated_env: Path) -> None:
     sessions_dir = isolated_env / "data" / "sessions"
     saved_session(sessions_dir, "", ["Old question", "Old answer"], "2026-01-01T08:00:00+00:00")
@@ -163,9 +157,13 @@ def test_the_model_picker_switches_models() -> None:
         await ui.pilot.pause()
         assert isinstance(ui.app.screen, ModelPickerDialog)
         assert any("old-model cannot be loaded: only PyTorch pickle weights" in e for e in ui.errors())
+        ui.runner.load_delay = 0.3
         await ui.pilot.press("up", "enter")
         await ui.pilot.pause()
         assert isinstance(ui.app.screen, ChatScreen)
+        await ui.wait_for(lambda: ui.app.engine_state.phase == "loading", "loading")
+        await ui.pilot.pause()
+        assert "◌ loading TinyLlama-1.1B-Chat:Q4_K_M…" in ui.text()  # the status bar says so
         await ui.wait_for(lambda: ui.runner.loads[-1:] == ["TinyLlama-1.1B-Chat:Q4_K_M"], "the load")
         await ui.wait_for(lambda: ui.app.engine_state.ready, "ready")
         assert "● TinyLlama-1.1B-Chat:Q4_K_M" in ui.text()
@@ -174,19 +172,6 @@ def test_the_model_picker_switches_models() -> None:
         assert ui.chat.session.model == "TinyLlama-1.1B-Chat:Q4_K_M"
 
     run_chat(scenario)
-
-
-def test_the_status_bar_shows_a_load_in_progress() -> None:
-    from tests.fakes import ScriptedRunner
-
-    async def scenario(ui: UI) -> None:
-        ui.app.load_model(ui.library.resolve("Qwen/Qwen2.5-0.5B-Instruct"))
-        await ui.wait_for(lambda: ui.app.engine_state.phase == "loading", "loading")
-        await ui.pilot.pause()
-        assert "◌ loading Qwen/Qwen2.5-0.5B-Instruct…" in ui.text()
-        await ui.wait_for(lambda: ui.app.engine_state.ready, "ready", timeout=10)
-
-    run_chat(scenario, runner=ScriptedRunner(load_delay=0.3))
 
 
 def test_library_remove_asks_first_and_chat_with_it_switches_to_chat() -> None:
