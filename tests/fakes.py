@@ -80,6 +80,7 @@ class ScriptedRunner:
         delay: float = 0.0,
         burst: int = 1,
         load_delay: float = 0.0,
+        load_gate: threading.Event | None = None,
         context_length: int = 2048,
         device: str = "cpu",
         dtype: str = "float32",
@@ -92,6 +93,8 @@ class ScriptedRunner:
         self.burst = burst
         """Tokens sent together between two delays (a fast engine: many tokens per wake-up)."""
         self.load_delay = load_delay
+        self.load_gate = load_gate
+        """When set, a load waits until the test sets this event (a load that lasts exactly as long as needed)."""
         self.context_length = context_length
         self.device = device
         self.dtype = dtype
@@ -152,6 +155,8 @@ class ScriptedRunner:
             self._loaded = None
             if self.load_delay:
                 time.sleep(self.load_delay)
+            if self.load_gate is not None and not self.load_gate.wait(timeout=30):
+                raise InfluenceError("the test never released the load")
             if local_model.name in self.fail_loading:
                 raise InfluenceError(self.fail_loading[local_model.name], hint="try another model")
             info = LoadedModelInfo(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 
 from textual.widgets import Input, Markdown
@@ -359,10 +360,12 @@ def test_a_message_sent_while_the_model_loads_is_answered_when_it_is_ready() -> 
         await ui.send("Are you there?")
         assert "Waiting for SmolLM2-135M-Instruct (demo) to load…" in ui.text()
         assert "loading SmolLM2-135M-Instruct (demo)" in ui.text()
+        gate.set()
         await ui.wait_for(lambda: len(ui.chat.session.messages) == 2, "the reply", timeout=10)
         assert ui.chat.session.messages[-1].content == "Yes."
 
-    run_chat(scenario, runner=ScriptedRunner(["Yes."], load_delay=0.3), load_model=False)
+    gate = threading.Event()
+    run_chat(scenario, runner=ScriptedRunner(["Yes."], load_gate=gate), load_model=False)
 
 
 def test_errors_are_notifications_never_crashes() -> None:
