@@ -8,7 +8,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from rich.style import Style
 from rich.text import Text
+from textual.color import Color
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Static
 
@@ -155,7 +157,9 @@ def test_a_broken_model_shows_its_problem(models_dir: Path) -> None:
         assert "only PyTorch pickle weights" in shown["Problem"]
         name_cell = table(app).get_row_at(0)[0]
         assert isinstance(name_cell, Text)
-        assert any("red" in str(span.style) for span in name_cell.spans)
+        error = Color.parse(app.theme_variables["error"])
+        marks = [span.style for span in name_cell.spans if isinstance(span.style, Style)]
+        assert any(style.color is not None and style.color.triplet == error.rich_color.triplet for style in marks)
 
     run_app(scenario)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from rich.style import Style
 from rich.text import Text
 from textual import events, work
 from textual.app import ComposeResult
@@ -166,6 +167,11 @@ class LibraryScreen(Screen[None]):
         if not get_current_worker().is_cancelled:
             self.app.call_from_thread(self._show_models, models)
 
+    @property
+    def problem_style(self) -> Style:
+        """The marker of a model with a problem: the theme's error colour (no colour is named in Python)."""
+        return Style(color=self.app.theme_variables.get("error"), bold=True)
+
     def _show_models(self, models: list[LocalModel]) -> None:
         self.models = models
         table = self.query_one("#model-table", DataTable)
@@ -173,7 +179,7 @@ class LibraryScreen(Screen[None]):
         for model in models:
             name = Text(model.name)
             if not model.loadable:
-                name.append(" !", style="bold red")
+                name.append(" !", style=self.problem_style)
             table.add_row(
                 name,
                 Text(model.format_label),  # header text from disk: never markup
@@ -217,6 +223,6 @@ class LibraryScreen(Screen[None]):
             lines.append(f"{key:<14}", style="bold")
             lines.append(value + "\n")
         for problem in model.problems:
-            lines.append("Problem       ", style="bold red")
+            lines.append("Problem       ", style=self.problem_style)
             lines.append(problem + "\n")
         self.query_one("#model-details", Static).update(lines)
