@@ -46,8 +46,10 @@ check: lint typecheck test ## Everything CI runs
 screenshots: $(STAMP) ## Regenerate screenshots/ from the real app
 	$(BIN)/python -m tests.make_screenshots
 
-bench: $(STAMP) ## Run the benchmarks in bench/
+bench: $(STAMP) ## Run the benchmarks in bench/ (each prints our figures beside a peer's)
 	$(BIN)/python bench/decode.py
+	$(BIN)/python bench/library_scan.py
+	$(BIN)/python bench/tui_startup.py
 
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist
