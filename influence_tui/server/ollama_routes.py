@@ -8,7 +8,7 @@ Answers stream as newline-delimited JSON unless ``"stream": false``; the final o
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -255,6 +255,53 @@ def _load_answer(model: str, started: float, key: str) -> dict[str, Any]:
     }
 
 
+Line = Callable[[str, bool], dict[str, Any]]
+"""Builds one reply object of a route: its text piece and whether it is the last."""
+
+
+def _final(
+    line: Line, text: str, stats: GenerationStats | None, started: float, context: list[int] | None
+) -> dict[str, Any]:
+    """The last object: done, with the timings; /api/generate adds ``context`` (prompt + generated ids)."""
+    answer = {**line(text, True), **_timings(stats, started)}
+    if context is not None:
+        answer["context"] = context
+    return answer
+
+
+async def _respond(
+    request: Request, pump: EventPump, line: Line, started: float, *, stream: bool, context: list[int] | None = None
+) -> Response:
+    """An NDJSON stream of ``line`` objects ending with the final one, or (``stream`` off) one answer.
+
+    ``context`` is the prompt's ids, for /api/generate's final ``context`` field; None for /api/chat.
+    """
+    if stream:
+
+        async def lines() -> AsyncIterator[bytes]:
+            generated: list[int] = []
+            try:
+                async for event in pump.events():
+                    if event.token_id is not None:
+                        generated.append(event.token_id)
+                    if event.text:
+                        yield ndjson(line(event.text, False))
+                    if event.stats is not None:
+                        record_usage(request, event.stats.prompt_tokens, event.stats.generated_tokens)
+                        ids = None if context is None else context + generated
+                        yield ndjson(_final(line, "", event.stats, started, ids))
+            except Exception as exc:
+                yield _error_line(exc)
+
+        return EngineStreamingResponse(lines(), on_close=pump.cancel, media_type="application/x-ndjson")
+    async with cancel_on_disconnect(request, [pump]):
+        result = await collect(pump)
+    if result.stats is not None:
+        record_usage(request, result.stats.prompt_tokens, result.stats.generated_tokens)
+    ids = None if context is None else context + result.token_ids
+    return JSONResponse(_final(line, result.text, result.stats, started, ids))
+
+
 @router.post("/api/chat", response_model=None)
 async def chat(request: Request) -> Response:
     started = time.perf_counter()
@@ -279,25 +326,7 @@ async def chat(request: Request) -> Response:
             "done": done,
         }
 
-    if body.stream is not False:
-
-        async def lines() -> AsyncIterator[bytes]:
-            try:
-                async for event in pump.events():
-                    if event.text:
-                        yield ndjson(line(event.text, False))
-                    if event.stats is not None:
-                        record_usage(request, event.stats.prompt_tokens, event.stats.generated_tokens)
-                        yield ndjson({**line("", True), **_timings(event.stats, started)})
-            except Exception as exc:
-                yield _error_line(exc)
-
-        return EngineStreamingResponse(lines(), on_close=pump.cancel, media_type="application/x-ndjson")
-    async with cancel_on_disconnect(request, [pump]):
-        result = await collect(pump)
-    if result.stats is not None:
-        record_usage(request, result.stats.prompt_tokens, result.stats.generated_tokens)
-    return JSONResponse({**line(result.text, True), **_timings(result.stats, started)})
+    return await _respond(request, pump, line, started, stream=body.stream is not False)
 
 
 def _generate_prompt(
@@ -344,30 +373,7 @@ async def generate(request: Request) -> Response:
     def line(text: str, done: bool) -> dict[str, Any]:
         return {"model": model, "created_at": utc_iso(), "response": text, "done": done}
 
-    if body.stream is not False:
-
-        async def lines() -> AsyncIterator[bytes]:
-            generated: list[int] = []
-            try:
-                async for event in pump.events():
-                    if event.token_id is not None:
-                        generated.append(event.token_id)
-                    if event.text:
-                        yield ndjson(line(event.text, False))
-                    if event.stats is not None:
-                        record_usage(request, event.stats.prompt_tokens, event.stats.generated_tokens)
-                        final = {**line("", True), **_timings(event.stats, started), "context": prompt_ids + generated}
-                        yield ndjson(final)
-            except Exception as exc:
-                yield _error_line(exc)
-
-        return EngineStreamingResponse(lines(), on_close=pump.cancel, media_type="application/x-ndjson")
-    async with cancel_on_disconnect(request, [pump]):
-        result = await collect(pump)
-    if result.stats is not None:
-        record_usage(request, result.stats.prompt_tokens, result.stats.generated_tokens)
-    answer = {**line(result.text, True), **_timings(result.stats, started), "context": prompt_ids + result.token_ids}
-    return JSONResponse(answer)
+    return await _respond(request, pump, line, started, stream=body.stream is not False, context=prompt_ids)
 
 
 # ------------------------------------------------------------------------------------------ embeddings
