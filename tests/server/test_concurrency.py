@@ -46,6 +46,16 @@ def _chat(prompt: str, **extra: object) -> dict[str, object]:
     return {"messages": [{"role": "user", "content": prompt}], "temperature": 0, **extra}
 
 
+def _submitted(runner: RecordingRunner, index: int, timeout: float = 20.0) -> TokenStream:
+    """The ``index``-th stream the engine was given, once the server has submitted it (a client may time out
+    before a busy server gets that far; the server still submits and must cancel it)."""
+    deadline = time.monotonic() + timeout
+    while len(runner.streams) <= index:
+        assert time.monotonic() < deadline, "the request never reached the engine"
+        time.sleep(0.01)
+    return runner.streams[index]
+
+
 def _wait_finished(stream: TokenStream, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not stream.finished:
@@ -175,7 +185,7 @@ def test_a_client_that_times_out_cancels_an_answer_that_is_not_streamed(
     first = len(slow_engine.streams)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{tiny_server.url}/v1/chat/completions", json=_chat(prompt, max_tokens=LONG), timeout=0.5)
-    abandoned = slow_engine.streams[first]
+    abandoned = _submitted(slow_engine, first)
     _wait_finished(abandoned)
     assert abandoned.stats is not None
     assert abandoned.stats.finish_reason == "cancelled"
@@ -186,6 +196,6 @@ def test_a_client_that_times_out_cancels_an_answer_that_is_not_streamed(
     body = {"model": tiny_server.model.name, "prompt": prompt, "stream": False, "options": {"num_predict": LONG}}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{tiny_server.url}/api/generate", json=body, timeout=0.5)
-    abandoned = slow_engine.streams[first]
+    abandoned = _submitted(slow_engine, first)
     _wait_finished(abandoned)
     assert abandoned.stats is not None and abandoned.stats.finish_reason == "cancelled"
