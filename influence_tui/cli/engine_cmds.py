@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from influence_tui.cli import AddCommand
     from influence_tui.core.config import Settings
     from influence_tui.core.engine.runner import EngineRunner, TokenStream
-    from influence_tui.core.types import GenerationStats, LocalModel, SamplingParams
+    from influence_tui.core.types import LocalModel, SamplingParams
 
 
 # ---------------------------------------------------------------------------------------- shared
@@ -52,12 +52,6 @@ def _params(settings: Settings, args: argparse.Namespace) -> SamplingParams:
     from influence_tui.core.types import SamplingParams
 
     return SamplingParams.from_settings(settings, stop=tuple(args.stop or ()))
-
-
-def format_stats(stats: GenerationStats) -> str:
-    from influence_tui.core.slash import format_stats as slash_format
-
-    return slash_format(stats)
 
 
 def _pieces(stream: TokenStream) -> Iterator[str]:
@@ -106,34 +100,25 @@ def cmd_generate(args: argparse.Namespace) -> int:
     runner, _local = _start_engine(settings, quiet=not args.verbose and not sys.stderr.isatty())
     try:
         if args.raw:
-            prompt_ids = runner.encode(prompt, add_special_tokens=True)
-            warning = None
+            stream = runner.submit(runner.encode(prompt, add_special_tokens=True), params, threading.Event())
         else:
+            from influence_tui.core.chat import start_reply
             from influence_tui.core.sessions import ChatSession
 
             session = ChatSession(system_prompt=args.system, params=params)
             session.add_user(prompt)
-            info = runner.info
-            assert info is not None
-            from influence_tui.core.chat import reply_reserve
-
-            plan = runner.with_model(
-                lambda loaded: session.build_prompt(
-                    loaded.tokenizer,
-                    context_length=info.context_length,
-                    reserve_tokens=reply_reserve(params, info.context_length),
-                )
-            )
-            prompt_ids, warning = list(plan.prompt_ids), plan.warning
-        if warning:
-            print(f"warning: {warning}", file=sys.stderr)
-        stream = runner.submit(prompt_ids, params, threading.Event())
+            reply = start_reply(runner, session, threading.Event())
+            if reply.plan.warning:
+                print(f"warning: {reply.plan.warning}", file=sys.stderr)
+            stream = reply.stream
         markdown = sys.stdout.isatty() and not args.plain
         _text, interrupted = print_reply(stream, markdown=markdown)
         if not markdown:
             sys.stdout.write("\n")
             sys.stdout.flush()
         if args.verbose and stream.stats is not None:
+            from influence_tui.core.slash import format_stats
+
             print(format_stats(stream.stats), file=sys.stderr)
         return EXIT_INTERRUPTED if interrupted else EXIT_OK
     finally:
