@@ -25,6 +25,7 @@ import torch
 
 from influence_tui.core.engine import loader
 from influence_tui.core.errors import InfluenceError, ModelFormatError
+from influence_tui.core.fsutil import read_json_object
 from influence_tui.core.types import LocalModel
 
 Pooling = Literal["mean", "cls", "lasttoken"]
@@ -34,21 +35,13 @@ _MAX_REASONABLE_LENGTH = 1_000_000
 DEFAULT_MAX_LENGTH = 512
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def sentence_transformers_pooling(folder: Path) -> Pooling | None:
     """The pooling a sentence-transformers folder asks for (``1_Pooling/config.json``), or None if it says none."""
     pooling_dir = folder / "1_Pooling"
     for module in _read_json_list(folder / "modules.json"):
         if str(module.get("type", "")).endswith("Pooling") and module.get("path"):
             pooling_dir = folder / str(module["path"])
-    config = _read_json(pooling_dir / "config.json")
+    config = read_json_object(pooling_dir / "config.json")
     if not config:
         return None
     if config.get("pooling_mode_cls_token"):
@@ -69,7 +62,7 @@ def _read_json_list(path: Path) -> list[dict[str, Any]]:
 def _max_length(tokenizer: Any, config: Any, folder: Path | None) -> int:
     limits: list[int] = []
     if folder is not None:
-        declared = _read_json(folder / "sentence_bert_config.json").get("max_seq_length")
+        declared = read_json_object(folder / "sentence_bert_config.json").get("max_seq_length")
         if isinstance(declared, int) and declared > 0:
             limits.append(declared)
     model_max = getattr(tokenizer, "model_max_length", None)

@@ -22,7 +22,6 @@ import contextlib
 import functools
 import gc
 import importlib
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ import torch
 
 from influence_tui.core.config import DEVICES, DTYPES
 from influence_tui.core.errors import ConfigError, InfluenceError, ModelFormatError
+from influence_tui.core.fsutil import read_json_object
 from influence_tui.core.types import LoadedModelInfo, LocalModel
 
 _DTYPES: dict[str, torch.dtype] = {
@@ -192,18 +192,10 @@ def release_memory(device: torch.device | None = None) -> None:
 # ------------------------------------------------------------------------------------------ checks
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def needs_remote_code(folder: Path) -> str | None:
     """The file asking for custom code (``auto_map`` in config.json or tokenizer_config.json), if any."""
     for name in ("config.json", "tokenizer_config.json"):
-        if _read_json(folder / name).get("auto_map"):
+        if read_json_object(folder / name).get("auto_map"):
             return name
     return None
 
