@@ -8,6 +8,7 @@ every field. Settings are replaced (:func:`dataclasses.replace`), never mutated.
 from __future__ import annotations
 
 import difflib
+import functools
 import itertools
 import math
 import os
@@ -19,6 +20,7 @@ from typing import Any
 
 from influence_tui.core import paths
 from influence_tui.core.errors import ConfigError
+from influence_tui.core.fsutil import atomic_write_text
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -195,7 +197,7 @@ assert set(SETTING_NAMES) == set(_SPECS), "every setting needs a spec"
 
 def setting_doc(name: str) -> str:
     """The one-line description of a setting (its field docstring, kept here for `influence config`)."""
-    return _DOCS.get(name, "")
+    return _field_docs().get(name, "")
 
 
 def setting_env_vars(name: str) -> tuple[str, ...]:
@@ -343,8 +345,6 @@ def write_setting(name: str, raw: str | None, path: Path | None = None) -> Path:
         current[name] = str(value) if isinstance(value, Path) else value
         if value is None:  # "off" where that is a value; "" (unset) for a model or a token
             current[name] = "off" if name in _BLANK_MEANS_OFF else ""
-    from influence_tui.core.fsutil import atomic_write_text
-
     lines = ["# Influence settings; `influence config` lists them all with their sources.\n"]
     for key, value in current.items():
         lines.append(f"{key} = {_toml_scalar(value)}\n")
@@ -361,6 +361,7 @@ def _toml_scalar(value: object) -> str:
     return f'"{text}"'
 
 
+@functools.cache
 def _field_docs() -> dict[str, str]:
     """Field docstrings, read from this module's source (the dataclass keeps no docstrings of its own)."""
     import ast
@@ -382,6 +383,3 @@ def _field_docs() -> dict[str, str]:
         ):
             docs[node.target.id] = following.value.value.strip()
     return docs
-
-
-_DOCS = _field_docs()
