@@ -126,7 +126,8 @@ def test_a_long_reply_streams_in_parts_each_rendered_once_at_its_end(monkeypatch
 
 
 def test_the_log_follows_the_reply_only_while_the_user_is_at_the_bottom() -> None:
-    reply = "".join(f"Line {i} of a long answer.\n\n" for i in range(80))
+    # long enough to still be streaming after every step below on a busy machine; Esc ends it
+    reply = "".join(f"Line {i} of a long answer.\n\n" for i in range(800))
 
     async def scenario(ui: UI) -> None:
         from influence_tui.tui.widgets.chat_log import ChatLog
