@@ -15,6 +15,8 @@ import pytest
 
 from tests.models import build_tiny_bert, build_tiny_llama
 
+KERNELS_DIR = Path(__file__).resolve().parent.parent / "build" / "kernels"
+os.environ["INFLUENCE_KERNELS_DIR"] = str(KERNELS_DIR)  # session fixtures load models before isolated_env runs
 _PASSTHROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TERM", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV", "SYSTEMROOT")
 
 
@@ -29,6 +31,7 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     monkeypatch.setenv("INFLUENCE_CONFIG_DIR", str(tmp_path / "config"))
     monkeypatch.setenv("INFLUENCE_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("INFLUENCE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("INFLUENCE_KERNELS_DIR", str(KERNELS_DIR))  # built once, shared by every test and run
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -83,11 +86,13 @@ def demo_gguf() -> Path:
 
 
 @pytest.fixture(scope="session")
-def demo_loaded(demo_gguf: Path):  # type: ignore[no-untyped-def]
-    """The demo model loaded once per test session (10-15 s on CPU) as a ``LoadedModel``: share it, never unload it."""
+def demo_loaded(demo_gguf: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The demo model loaded once per test session (about 10 s on CPU: its packed weights are prepared in a
+    session cache dir) as a ``LoadedModel``: share it, never unload it."""
     from influence_tui.core.engine.loader import load_model
     from influence_tui.core.library import DEMO_NAME, gguf_model
 
-    loaded = load_model(gguf_model(DEMO_NAME, demo_gguf, "demo", [demo_gguf]), device="cpu")
+    cache = tmp_path_factory.mktemp("demo-cache")
+    loaded = load_model(gguf_model(DEMO_NAME, demo_gguf, "demo", [demo_gguf]), device="cpu", cache_dir=cache)
     yield loaded
     loaded.unload()

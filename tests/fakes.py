@@ -148,7 +148,15 @@ class ScriptedRunner:
         return None if info is None else f"Loaded {info.name} on {info.device} ({info.dtype}) in {info.load_s:.1f} s"
 
     def load(
-        self, local_model: LocalModel, *, device: str = "auto", device_index: int = 0, dtype: str = "auto"
+        self,
+        local_model: LocalModel,
+        *,
+        device: str = "auto",
+        device_index: int = 0,
+        dtype: str = "auto",
+        quantize: str = "auto",
+        cache_dir: Path | None = None,
+        on_status: Callable[[str], None] | None = None,
     ) -> LoadedModelInfo:
         def load() -> LoadedModelInfo:
             self.loads.append(local_model.name)

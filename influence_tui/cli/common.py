@@ -21,6 +21,7 @@ SETTING_FLAGS = (
     "model",
     "device",
     "dtype",
+    "quantize",
     "temperature",
     "top_p",
     "top_k",

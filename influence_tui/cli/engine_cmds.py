@@ -39,13 +39,26 @@ def _start_engine(settings: Settings, quiet: bool = False) -> tuple[EngineRunner
         print(f"Loading {local.name} …", file=sys.stderr, flush=True)
     runner = EngineRunner()
     try:
-        runner.load(local, device=settings.device, device_index=settings.device_index, dtype=settings.dtype)
+        runner.load(
+            local,
+            device=settings.device,
+            device_index=settings.device_index,
+            dtype=settings.dtype,
+            quantize=settings.quantize,
+            cache_dir=settings.cache_dir,
+            on_status=None if quiet else _status_line,
+        )
     except BaseException:
         runner.close()
         raise
     if not quiet:
         print(runner.describe(), file=sys.stderr, flush=True)
     return runner, local
+
+
+def _status_line(message: str) -> None:
+    """One-time notes while loading (building kernels, preparing a model), on stderr."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def _params(settings: Settings, args: argparse.Namespace) -> SamplingParams:
@@ -248,6 +261,11 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="where to run (default: auto)")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), help="weights dtype (default: auto)")
+    p.add_argument(
+        "--quantize",
+        choices=("auto", "none", "int8", "int4"),
+        help="weights kept quantized on CPU (default: auto, a GGUF keeps its own; none: floats)",
+    )
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:

@@ -132,7 +132,14 @@ def _serve(settings: Settings, local: LocalModel, api_key: str | None, cors: lis
 
     def load() -> None:
         print(f"Loading {local.name} …", file=sys.stderr, flush=True)
-        runner.load(local, device=settings.device, device_index=settings.device_index, dtype=settings.dtype)
+        runner.load(
+            local,
+            device=settings.device,
+            device_index=settings.device_index,
+            dtype=settings.dtype,
+            quantize=settings.quantize,
+            cache_dir=settings.cache_dir,
+        )
 
     def load_failed(exc: BaseException) -> None:
         failures.append(exc)

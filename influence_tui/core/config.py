@@ -29,6 +29,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+QUANTIZE_MODES = ("auto", "none", "int8", "int4")
 DEFAULT_HUB_ENDPOINT = "https://huggingface.co"
 
 
@@ -64,6 +65,8 @@ class Settings:
     """Which GPU to use when there are several."""
     dtype: str = "auto"
     """auto, float32, bfloat16 or float16."""
+    quantize: str = "auto"
+    """Weights in memory on CPU: auto (a GGUF keeps its quantization), none (floats), int8 or int4."""
     host: str = "127.0.0.1"
     """Address `influence serve` binds to."""
     port: int = 8080
@@ -183,6 +186,7 @@ _SPECS: dict[str, _Spec] = {
     "device": _Spec(lambda r: _as_choice(r, DEVICES), ("INFLUENCE_DEVICE",), "--device"),
     "device_index": _Spec(lambda r: _as_int(r, low=0, high=1024), ("INFLUENCE_DEVICE_INDEX",)),
     "dtype": _Spec(lambda r: _as_choice(r, DTYPES), ("INFLUENCE_DTYPE",), "--dtype"),
+    "quantize": _Spec(lambda r: _as_choice(r, QUANTIZE_MODES), ("INFLUENCE_QUANTIZE",), "--quantize"),
     "host": _Spec(_as_host, ("INFLUENCE_HOST",), "--host"),
     "port": _Spec(lambda r: _as_int(r, low=1, high=65535), ("INFLUENCE_PORT",), "--port"),
     "hub_endpoint": _Spec(_as_url, ("INFLUENCE_MIRROR", "HF_ENDPOINT"), "--mirror"),

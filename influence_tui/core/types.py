@@ -166,6 +166,8 @@ class GenerationStats:
     prompt_tokens_per_s: float = 0.0
     load_s: float = 0.0
     """Seconds spent loading the model for this request (0 when it was already loaded)."""
+    cached_prompt_tokens: int = 0
+    """Leading prompt tokens whose KV cache was reused from an earlier request (not prefilled again)."""
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,8 @@ class LoadedModelInfo:
     architecture: str
     has_chat_template: bool
     eos_token_ids: tuple[int, ...] = ()
+    quantization: str = ""
+    """How the weights are kept in memory when not plain ``dtype`` floats: ``Q4_1 (4-bit)``, ``int8``..."""
 
 
 # ------------------------------------------------------------------------------------------ hub, downloads

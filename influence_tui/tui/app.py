@@ -151,7 +151,12 @@ class InfluenceApp(App[None]):
         self.post_message(ModelLoading(model))
         try:
             info = services.runner.load(
-                model, device=settings.device, device_index=settings.device_index, dtype=settings.dtype
+                model,
+                device=settings.device,
+                device_index=settings.device_index,
+                dtype=settings.dtype,
+                quantize=settings.quantize,
+                cache_dir=settings.cache_dir,
             )
         except InfluenceError as exc:
             self.post_message(ModelLoadFailed(model, str(exc)))

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from influence_tui.core.engine.kvcache import CachedSequence, PromptCache, new_cache
 from influence_tui.core.engine.sampling import make_generator, sample_next
 from influence_tui.core.errors import InfluenceError
 from influence_tui.core.types import FinishReason, GenerationStats, SamplingParams, TokenEvent
@@ -157,6 +158,7 @@ def generate_stream(
     eos_token_ids: Collection[int],
     context_length: int,
     stop_event: threading.Event | None = None,
+    prompt_cache: PromptCache | None = None,
 ) -> Iterator[TokenEvent]:
     """Generate from ``prompt_ids``: one event per sampled token (its text may be ``""`` while held back),
     then a final event with the stats and any held-back text.
@@ -168,6 +170,10 @@ def generate_stream(
 
     ``generated_tokens`` in the stats counts every token the model produced, an EOS included; the prompt and
     those tokens never exceed ``context_length``.
+
+    With a ``prompt_cache``, the KV cache of a earlier sequence that starts like this prompt is reused: only
+    the tokens after the shared prefix are prefilled (``cached_prompt_tokens`` in the stats), and the cache of
+    this sequence is handed back for the next request, also when the consumer stops early.
     """
     prompt = [int(i) for i in prompt_ids]
     n_prompt = len(prompt)
@@ -192,51 +198,69 @@ def generate_stream(
     stops = StopStringFilter(params.stop)
     context = list(prompt) if params.repeat_penalty != 1.0 else []
 
+    reused = 0
     if budget > 0 and not stopped():
         device = _model_device(model)
         extra = _forward_kwargs(model)
         generator = make_generator(params.seed, device) if params.temperature > 0 else None
-        with torch.inference_mode():
-            input_ids = torch.tensor([prompt], dtype=torch.long, device=device)
-            out = model(input_ids=input_ids, use_cache=True, **extra)
-            cache = out.past_key_values
-            if cache is None:
-                raise RuntimeError(f"{type(model).__name__} returned no KV cache: it cannot decode incrementally")
-            token = sample_next(out.logits[0, -1], params, context, generator)
-            del out
-            step_ids = torch.empty((1, 1), dtype=torch.long, device=device)
-            step_positions = torch.empty((1, 1), dtype=torch.long, device=device)
-        first_token_at = time.perf_counter()
-        prefill_s = first_token_at - start
-        position = n_prompt
-        while True:
-            generated += 1
-            if token in eos:
-                finish = "stop"
-                break
-            piece = stops.feed(detok.push(token))
-            yield TokenEvent(piece, token_id=token)
-            if stops.stopped:
-                finish = "stop"
-                break
-            if generated >= budget:
-                finish = "length"
-                break
-            if stopped():
-                finish = "cancelled"
-                break
-            if params.repeat_penalty != 1.0:
-                context.append(token)
+        if prompt_cache is not None:
+            entry, reused = prompt_cache.take(model, prompt)
+        else:
+            entry = CachedSequence(new_cache(model))
+        try:
             with torch.inference_mode():
-                step_ids.fill_(token)
-                step_positions.fill_(position)
+                input_ids = torch.tensor([prompt[reused:]], dtype=torch.long, device=device)
+                positions = torch.arange(reused, n_prompt, dtype=torch.long, device=device).unsqueeze(0)
                 out = model(
-                    input_ids=step_ids, past_key_values=cache, position_ids=step_positions, use_cache=True, **extra
+                    input_ids=input_ids, past_key_values=entry.cache, position_ids=positions, use_cache=True, **extra
                 )
-                cache = out.past_key_values
+                if out.past_key_values is None:
+                    raise RuntimeError(f"{type(model).__name__} returned no KV cache: it cannot decode incrementally")
+                entry.cache = out.past_key_values
+                entry.tokens = list(prompt)
                 token = sample_next(out.logits[0, -1], params, context, generator)
                 del out
-            position += 1
+                step_ids = torch.empty((1, 1), dtype=torch.long, device=device)
+                step_positions = torch.empty((1, 1), dtype=torch.long, device=device)
+            first_token_at = time.perf_counter()
+            prefill_s = first_token_at - start
+            position = n_prompt
+            while True:
+                generated += 1
+                if token in eos:
+                    finish = "stop"
+                    break
+                piece = stops.feed(detok.push(token))
+                yield TokenEvent(piece, token_id=token)
+                if stops.stopped:
+                    finish = "stop"
+                    break
+                if generated >= budget:
+                    finish = "length"
+                    break
+                if stopped():
+                    finish = "cancelled"
+                    break
+                if params.repeat_penalty != 1.0:
+                    context.append(token)
+                with torch.inference_mode():
+                    step_ids.fill_(token)
+                    step_positions.fill_(position)
+                    out = model(
+                        input_ids=step_ids,
+                        past_key_values=entry.cache,
+                        position_ids=step_positions,
+                        use_cache=True,
+                        **extra,
+                    )
+                    entry.cache = out.past_key_values
+                    entry.tokens.append(token)
+                    token = sample_next(out.logits[0, -1], params, context, generator)
+                    del out
+                position += 1
+        finally:
+            if prompt_cache is not None:
+                prompt_cache.give_back(entry)
     elif budget > 0:
         finish = "cancelled"
 
@@ -256,6 +280,7 @@ def generate_stream(
         decode_tokens_per_s=(generated - 1) / decode_s if generated > 1 and decode_s > 0 else 0.0,
         total_s=end - start,
         finish_reason=finish,
-        prompt_tokens_per_s=n_prompt / prefill_s if prefill_s > 0 else 0.0,
+        prompt_tokens_per_s=(n_prompt - reused) / prefill_s if prefill_s > 0 else 0.0,
+        cached_prompt_tokens=reused,
     )
     yield TokenEvent(tail, stats=stats)

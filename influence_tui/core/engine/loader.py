@@ -23,14 +23,15 @@ import functools
 import gc
 import importlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from influence_tui.core.config import DEVICES, DTYPES
+from influence_tui.core.config import DEVICES, DTYPES, QUANTIZE_MODES
+from influence_tui.core.engine.kvcache import PromptCache
 from influence_tui.core.errors import ConfigError, InfluenceError, ModelFormatError
 from influence_tui.core.fsutil import read_json_object
 from influence_tui.core.types import LoadedModelInfo, LocalModel
@@ -140,8 +141,10 @@ def device_name(device: torch.device) -> str:
 
 
 def describe_info(info: LoadedModelInfo) -> str:
-    """One line for front ends: ``Loaded SmolLM2-135M-Instruct (demo) on cpu (bfloat16) in 12.3 s``."""
-    return f"Loaded {info.name} on {info.device} ({info.dtype}) in {info.load_s:.1f} s"
+    """One line for front ends: ``Loaded SmolLM2-135M-Instruct (demo) on cpu (bfloat16) in 12.3 s``, or
+    ``(Q4_1 kept 4-bit, float32 activations)`` for a model whose weights stay quantized."""
+    how = f"{info.quantization}, {info.dtype} activations" if info.quantization else info.dtype
+    return f"Loaded {info.name} on {info.device} ({how}) in {info.load_s:.1f} s"
 
 
 @dataclass(eq=False)
@@ -156,6 +159,9 @@ class LoadedModel:
     local_model: LocalModel
     torch_device: torch.device = field(repr=False)
     torch_dtype: torch.dtype = field(repr=False)
+    quantize: str = "auto"
+    prompt_cache: PromptCache | None = field(default=None, repr=False)
+    """KV caches of recent sequences, reused by the next request that starts the same way."""
 
     @property
     def loaded(self) -> bool:
@@ -164,20 +170,26 @@ class LoadedModel:
     def describe(self) -> str:
         return describe_info(self.info)
 
-    def is_same(self, local_model: LocalModel, device: torch.device, dtype: torch.dtype) -> bool:
-        """Whether loading ``local_model`` on ``device`` in ``dtype`` would give this model again."""
+    def is_same(
+        self, local_model: LocalModel, device: torch.device, dtype: torch.dtype, quantize: str = "auto"
+    ) -> bool:
+        """Whether loading ``local_model`` on ``device`` in ``dtype`` with ``quantize`` would give this model
+        again."""
         return (
             self.loaded
             and self.local_model.path == local_model.path
             and self.local_model.weight_files == local_model.weight_files
             and self.torch_device == device
-            and self.torch_dtype == dtype
+            and (self.torch_dtype == dtype or bool(self.info.quantization))
+            and self.quantize == quantize
         )
 
     def unload(self) -> None:
         """Drop the model and tokenizer and give their memory back (collect, then empty the GPU cache)."""
         self.model = None
         self.tokenizer = None
+        if self.prompt_cache is not None:
+            self.prompt_cache.clear()
         release_memory(self.torch_device)
 
 
@@ -392,13 +404,37 @@ def load_model(
     device: str = "auto",
     device_index: int = 0,
     dtype: str = "auto",
+    quantize: str = "auto",
+    cache_dir: Path | None = None,
+    on_status: Callable[[str], None] | None = None,
 ) -> LoadedModel:
     """Load ``local_model`` as a causal LM (blocking: seconds to minutes). Refusals and failures are
-    :class:`InfluenceError`\\ s; see the module docstring."""
+    :class:`InfluenceError`\\ s; see the module docstring.
+
+    On CPU, a GGUF of a supported architecture keeps its quantized weights in memory and safetensors weights
+    are quantized with ``quantize="int8"|"int4"``; both are prepared once and cached under ``cache_dir``
+    (default: the user cache dir) so later loads take well under a second. ``quantize="none"`` always loads
+    floats through transformers. ``on_status`` gets one-time notes (building kernels, preparing a model).
+    """
     check_loadable(local_model)
     check_generative(local_model)
     torch_device = resolve_device(device, device_index)
     torch_dtype = resolve_dtype(dtype, torch_device)
+    mode = quantize.strip().lower()
+    if mode not in QUANTIZE_MODES:
+        raise ConfigError(f"quantize {quantize!r} is not one of {', '.join(QUANTIZE_MODES)}")
+    from influence_tui.core.engine.quant.prepare import wants_packed
+
+    packed = wants_packed(local_model, mode)
+    if packed and torch_device.type != "cpu":
+        if mode != "auto":
+            raise ConfigError(
+                f"quantize {mode} keeps weights packed for the CPU kernels, but the device is {device_name(torch_device)}",
+                hint="use --device cpu, or --quantize none on a GPU",
+            )
+        packed = False  # a GGUF on a GPU: transformers dequantizes it into the GPU dtype
+    if packed:
+        return _load_packed(local_model, mode, cache_dir, on_status, torch_device)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     start = time.perf_counter()
@@ -423,8 +459,71 @@ def load_model(
         raise
     model.eval()
     model.requires_grad_(False)
+    return _loaded(
+        local_model,
+        model,
+        tokenizer,
+        torch_device=torch_device,
+        torch_dtype=torch_dtype,
+        mode=mode,
+        start=start,
+        quantization="",
+    )
+
+
+def _load_packed(
+    local_model: LocalModel,
+    mode: str,
+    cache_dir: Path | None,
+    on_status: Callable[[str], None] | None,
+    torch_device: torch.device,
+) -> LoadedModel:
+    from influence_tui.core.engine.quant import kernels
+    from influence_tui.core.engine.quant.prepare import load_prepared
+    from influence_tui.core.paths import default_cache_dir
+
+    start = time.perf_counter()
+    kernels.set_status_callback(on_status)
+    try:
+        kernels.load_kernels()
+        with quiet_transformers(gguf=local_model.gguf_file is not None):
+            prepared = load_prepared(local_model, mode, cache_dir or default_cache_dir(), on_status=on_status)
+    except InfluenceError:
+        raise
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            release_memory(torch_device)
+            raise out_of_memory_error(local_model, torch_device, torch.float32) from exc
+        if isinstance(exc, ValueError | KeyError | OSError | TypeError):
+            raise _format_error(local_model, exc) from exc
+        raise
+    finally:
+        kernels.set_status_callback(None)
+    return _loaded(
+        local_model,
+        prepared.model,
+        prepared.tokenizer,
+        torch_device=torch_device,
+        torch_dtype=torch.float32,
+        mode=mode,
+        start=start,
+        quantization=prepared.describe_weights(local_model),
+    )
+
+
+def _loaded(
+    local_model: LocalModel,
+    model: Any,
+    tokenizer: Any,
+    *,
+    torch_device: torch.device,
+    torch_dtype: torch.dtype,
+    mode: str,
+    start: float,
+    quantization: str,
+) -> LoadedModel:
     config = model.config
-    parameters = sum(p.numel() for p in model.parameters())
+    parameters = _parameter_count(model)
     info = LoadedModelInfo(
         name=local_model.name,
         path=local_model.gguf_file or local_model.path,
@@ -436,6 +535,7 @@ def load_model(
         architecture=str(getattr(config, "model_type", None) or local_model.architecture or "unknown"),
         has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
         eos_token_ids=eos_token_ids(model, tokenizer),
+        quantization=quantization,
     )
     return LoadedModel(
         model=model,
@@ -444,4 +544,17 @@ def load_model(
         local_model=local_model,
         torch_device=torch_device,
         torch_dtype=torch_dtype,
+        quantize=mode,
+        prompt_cache=PromptCache(),
     )
+
+
+def _parameter_count(model: Any) -> int:
+    """Weights in the model, packed matrices counted by their shape."""
+    from influence_tui.core.engine.quant.modules import packed_state
+    from influence_tui.core.engine.quant.packed import PackedWeight
+
+    total = 0
+    for value in packed_state(model).values():
+        total += value.shape[0] * value.shape[1] if isinstance(value, PackedWeight) else value.numel()
+    return total

@@ -16,11 +16,13 @@ needs them.
 from __future__ import annotations
 
 import copy
+import inspect
 import queue
 import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -53,13 +55,24 @@ class GenerateFn(Protocol):
         eos_token_ids: Collection[int],
         context_length: int,
         stop_event: threading.Event | None = None,
+        prompt_cache: Any = None,
     ) -> Iterator[TokenEvent]: ...
 
 
 class LoadFn(Protocol):
     """The shape of :func:`influence_tui.core.engine.loader.load_model`."""
 
-    def __call__(self, local_model: LocalModel, *, device: str, device_index: int, dtype: str) -> LoadedModel: ...
+    def __call__(
+        self,
+        local_model: LocalModel,
+        *,
+        device: str,
+        device_index: int,
+        dtype: str,
+        quantize: str = "auto",
+        cache_dir: Path | None = None,
+        on_status: Callable[[str], None] | None = None,
+    ) -> LoadedModel: ...
 
 
 # ------------------------------------------------------------------------------------------ token streams
@@ -188,6 +201,14 @@ _SHUTDOWN = object()
 # ------------------------------------------------------------------------------------------ the runner
 
 
+def _takes_prompt_cache(fn: Any) -> bool:
+    """Whether a generate function accepts ``prompt_cache`` (the real one does; scripted test ones may not)."""
+    try:
+        return "prompt_cache" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 class EngineRunner:
     """The engine thread and its job queue. Create one per process; :meth:`close` it at exit.
 
@@ -244,6 +265,10 @@ class EngineRunner:
         with self._lock:
             self._current_stop = stream.stop_event
         try:
+            extra: dict[str, Any] = {}
+            prompt_cache = getattr(loaded, "prompt_cache", None)
+            if prompt_cache is not None and _takes_prompt_cache(generate_fn):
+                extra["prompt_cache"] = prompt_cache
             events = generate_fn(
                 loaded.model,
                 loaded.tokenizer,
@@ -252,6 +277,7 @@ class EngineRunner:
                 eos_token_ids=loaded.info.eos_token_ids,
                 context_length=loaded.info.context_length,
                 stop_event=stream.stop_event,
+                **extra,
             )
             for event in events:
                 stream._put(event)
@@ -278,17 +304,35 @@ class EngineRunner:
         error.__cause__ = exc
         return error
 
-    def _load(self, local_model: LocalModel, device: str, device_index: int, dtype: str) -> LoadedModelInfo:
+    def _load(
+        self,
+        local_model: LocalModel,
+        *,
+        device: str,
+        device_index: int,
+        dtype: str,
+        quantize: str,
+        cache_dir: Path | None,
+        on_status: Callable[[str], None] | None,
+    ) -> LoadedModelInfo:
         from influence_tui.core.engine import loader
 
         torch_device = loader.resolve_device(device, device_index)
         torch_dtype = loader.resolve_dtype(dtype, torch_device)
         current = self._loaded
-        if current is not None and current.is_same(local_model, torch_device, torch_dtype):
+        if current is not None and current.is_same(local_model, torch_device, torch_dtype, quantize):
             return current.info
         self._unload()  # before loading the next one: never two models in memory at once
         load_fn = self._load_fn or loader.load_model
-        loaded = load_fn(local_model, device=device, device_index=device_index, dtype=dtype)
+        loaded = load_fn(
+            local_model,
+            device=device,
+            device_index=device_index,
+            dtype=dtype,
+            quantize=quantize,
+            cache_dir=cache_dir,
+            on_status=on_status,
+        )
         prompt_tokenizer = copy.deepcopy(loaded.tokenizer)
         with self._tokenizer_lock:
             self._prompt_tokenizer = prompt_tokenizer
@@ -333,11 +377,30 @@ class EngineRunner:
         return self.run(call)
 
     def load(
-        self, local_model: LocalModel, *, device: str = "auto", device_index: int = 0, dtype: str = "auto"
+        self,
+        local_model: LocalModel,
+        *,
+        device: str = "auto",
+        device_index: int = 0,
+        dtype: str = "auto",
+        quantize: str = "auto",
+        cache_dir: Path | None = None,
+        on_status: Callable[[str], None] | None = None,
     ) -> LoadedModelInfo:
         """Load ``local_model`` on the engine thread (blocking). The model already loaded is unloaded first,
-        unless it is the same model on the same device in the same dtype: then this does nothing."""
-        return self.run(lambda: self._load(local_model, device, device_index, dtype))
+        unless it is the same model on the same device in the same dtype and quantization: then this does
+        nothing. ``on_status`` gets one-time notes (building kernels, preparing the model for fast loads)."""
+        return self.run(
+            lambda: self._load(
+                local_model,
+                device=device,
+                device_index=device_index,
+                dtype=dtype,
+                quantize=quantize,
+                cache_dir=cache_dir,
+                on_status=on_status,
+            )
+        )
 
     def unload(self) -> None:
         """Free the loaded model (after the requests already queued)."""

@@ -235,7 +235,8 @@ def test_prefill_once_then_one_token_per_step_on_the_cache(byte_tokenizer: Any) 
     params = SamplingParams(temperature=0.0, repeat_penalty=1.0, max_tokens=4)
     run(model, byte_tokenizer, [5, 6, 7], params, eos_token_ids=(), context_length=256)
     prefill, *steps = model.calls
-    assert prefill["input_ids"] == [[5, 6, 7]] and prefill["cache"] is None and prefill["logits_to_keep"] == 1
+    assert prefill["input_ids"] == [[5, 6, 7]] and prefill["logits_to_keep"] == 1
+    assert prefill["cache"].get_seq_length() == 0 and prefill["positions"] == [[0, 1, 2]]  # a fresh, empty cache
     assert len(steps) == 3  # the 4th token is sampled but never fed back
     script = model.script
     for n, step in enumerate(steps):

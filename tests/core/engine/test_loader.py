@@ -108,10 +108,13 @@ def test_demo_gguf(demo_loaded: loader.LoadedModel) -> None:
     assert 130_000_000 < info.parameters < 140_000_000
     im_end = demo_loaded.tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert im_end in info.eos_token_ids
-    assert demo_loaded.describe().startswith(f"Loaded SmolLM2-135M-Instruct (demo) on cpu ({info.dtype}) in ")
+    assert info.quantization == "Q4_1 kept 4-bit" and info.dtype == "float32"
+    assert demo_loaded.describe().startswith(
+        "Loaded SmolLM2-135M-Instruct (demo) on cpu (Q4_1 kept 4-bit, float32 activations) in "
+    )
     print(demo_loaded.describe())
 
-    # The dequantized weights are the real model: it knows its geography.
+    # The weights kept 4-bit are the real model: it knows its geography.
     tokenizer = demo_loaded.tokenizer
     text = tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True, tokenize=False

@@ -1,0 +1,155 @@
+"""The compiled CPU kernels (``csrc/kernels.cpp``): built on first use, cached, with a pure-torch fallback.
+
+The extension is compiled once per source version and torch version with ``torch.utils.cpp_extension`` (g++
+and ninja, ``-O3 -march=native``) into ``<cache dir>/kernels/`` (``INFLUENCE_KERNELS_DIR`` overrides it).
+The first build takes about a minute and says so once through :func:`set_status_callback`'s callback and the
+``influence_tui.kernels`` logger; later processes load the built library in milliseconds.
+
+Where the build cannot happen (no compiler, no ninja, ``INFLUENCE_KERNELS=off``) every operation falls back to
+:mod:`.packed`'s pure-torch definitions, which the tests compare the kernels against. The reason is kept in
+:func:`unavailable_reason` for ``influence show``-style diagnostics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from influence_tui.core.engine.quant.packed import PackedWeight, dequantize, linear_reference
+
+log = logging.getLogger("influence_tui.kernels")
+
+_SOURCE = Path(__file__).with_name("csrc") / "kernels.cpp"
+
+
+class _State:
+    """The process's one extension (built or loaded once) and where build notes go."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.module: ModuleType | None = None
+        self.failed: str | None = None
+        self.status: Callable[[str], None] | None = None
+
+
+_state = _State()
+
+
+def set_status_callback(callback: Callable[[str], None] | None) -> None:
+    """Where the one-time "building kernels" message goes (besides the log): a CLI prints it, a TUI shows it."""
+    _state.status = callback
+
+
+def kernels_dir() -> Path:
+    override = os.environ.get("INFLUENCE_KERNELS_DIR")
+    if override:
+        return Path(override).expanduser()
+    from influence_tui.core.paths import default_cache_dir
+
+    return default_cache_dir() / "kernels"
+
+
+def _build_name() -> str:
+    digest = hashlib.sha256(_SOURCE.read_bytes())
+    digest.update(torch.__version__.encode())
+    return f"influence_kernels_{digest.hexdigest()[:12]}"
+
+
+def _say(message: str) -> None:
+    log.info(message)
+    if _state.status is not None:
+        _state.status(message)
+
+
+def _build() -> ModuleType:
+    from torch.utils import cpp_extension
+
+    name = _build_name()
+    folder = kernels_dir() / name
+    folder.mkdir(parents=True, exist_ok=True)
+    built = any(folder.glob(f"{name}*.so"))
+    if not built:
+        _say("Building Influence's CPU kernels (one time, about a minute)...")
+    start = time.perf_counter()
+    module: ModuleType = cpp_extension.load(
+        name=name,
+        sources=[str(_SOURCE)],
+        extra_cflags=["-O3", "-march=native", "-fopenmp"],
+        extra_ldflags=["-fopenmp"],
+        build_directory=str(folder),
+        verbose=False,
+    )
+    if not built:
+        _say(f"Built Influence's CPU kernels in {time.perf_counter() - start:.0f} s ({folder})")
+    return module
+
+
+def load_kernels() -> ModuleType | None:
+    """The compiled extension, building it if needed; None (with :func:`unavailable_reason`) if it cannot be."""
+    state = _state
+    if state.module is not None or state.failed is not None:
+        return state.module
+    with state.lock:
+        if state.module is not None or state.failed is not None:
+            return state.module
+        if os.environ.get("INFLUENCE_KERNELS", "").strip().lower() in ("0", "off", "false", "no"):
+            state.failed = "switched off by INFLUENCE_KERNELS"
+            return None
+        try:
+            state.module = _build()
+        except Exception as exc:  # no compiler, no ninja, a build error: run on the torch fallback
+            first = str(exc).strip().splitlines()
+            state.failed = f"{type(exc).__name__}: {first[0] if first else ''}"
+            log.warning("CPU kernels unavailable, using the pure-torch fallback: %s", state.failed)
+        return state.module
+
+
+def unavailable_reason() -> str | None:
+    """Why the kernels are not in use (after :func:`load_kernels` was tried), or None."""
+    return _state.failed
+
+
+def _reset_for_tests() -> None:
+    _state.module = None
+    _state.failed = None
+
+
+def packed_linear(
+    x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None = None, *, module: Any = None
+) -> torch.Tensor:
+    """``x @ W.T + bias`` in float32 on the kernels (or the fallback where they are unavailable)."""
+    ext = module if module is not None else load_kernels()
+    if ext is None or x.device.type != "cpu":
+        return linear_reference(x, w, bias)
+    return ext.packed_linear(  # type: ignore[no-any-return]
+        x if x.dtype == torch.float32 else x.to(torch.float32),
+        w.kind,
+        w.qweight,
+        w.scales,
+        w.mins,
+        w.group,
+        bias,
+    )
+
+
+def packed_dequantize(w: PackedWeight, *, module: Any = None) -> torch.Tensor:
+    """``W`` as float32 ``[N, K]`` on the kernels (or the fallback)."""
+    ext = module if module is not None else load_kernels()
+    if ext is None or w.qweight.device.type != "cpu":
+        return dequantize(w)
+    return ext.packed_dequantize(w.kind, w.qweight, w.scales, w.mins, w.shape[1], w.group)  # type: ignore[no-any-return]
+
+
+if __name__ == "__main__":  # `python -m influence_tui.core.engine.quant.kernels`: build now (make install does)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    ext = load_kernels()
+    print(f"kernels: {'ready' if ext is not None else 'unavailable: ' + str(unavailable_reason())}")
