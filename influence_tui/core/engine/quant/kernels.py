@@ -124,9 +124,19 @@ def _reset_for_tests() -> None:
 
 
 def packed_linear(
-    x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None = None, *, module: Any = None
+    x: torch.Tensor,
+    w: PackedWeight,
+    bias: torch.Tensor | None = None,
+    *,
+    integer_dot: bool = True,
+    module: Any = None,
 ) -> torch.Tensor:
-    """``x @ W.T + bias`` in float32 on the kernels (or the fallback where they are unavailable)."""
+    """``x @ W.T + bias`` in float32 on the kernels (or the fallback where they are unavailable).
+
+    With ``integer_dot`` a single row against q4/q8 weights is computed as llama.cpp does, with ``x``
+    quantized to int8 per block of 32 (:func:`~.packed.linear_reference_int8x` defines it) where the CPU has
+    AVX512-VNNI; otherwise every weight is expanded to float32 and the result matches
+    :func:`~.packed.linear_reference` to float rounding."""
     ext = module if module is not None else load_kernels()
     if ext is None or x.device.type != "cpu":
         return linear_reference(x, w, bias)
@@ -138,7 +148,14 @@ def packed_linear(
         w.mins,
         w.group,
         bias,
+        integer_dot,
     )
+
+
+def integer_dot_available() -> bool:
+    """Whether single-row q4/q8 products use int8 activations (AVX512-VNNI kernels are in use)."""
+    ext = load_kernels()
+    return ext is not None and bool(ext.has_vnni())
 
 
 def packed_dequantize(w: PackedWeight, *, module: Any = None) -> torch.Tensor:

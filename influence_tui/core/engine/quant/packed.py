@@ -147,6 +147,38 @@ def linear_reference(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None
     )
 
 
+def linear_reference_int8x(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The integer-dot decode product, defined in torch: each row of ``x`` quantized to int8 per block of 32
+    (``d = absmax / 127``, round half to even), ``sum_g d_w * d_x * (codes . x_q)`` per weight block, plus the
+    mins (or Q4_0's ``-8 * scale``) times the float sums of ``x`` per block. Plain kinds are not quantized."""
+    if w.kind in PLAIN_DTYPES:
+        return linear_reference(x, w, bias)
+    assert w.scales is not None
+    n, k = w.shape
+    xf = x.to(torch.float32).reshape(-1, k)
+    xb = xf.reshape(-1, k // 32, 32)
+    dx = xb.abs().amax(dim=-1) / 127.0
+    inv = torch.where(dx > 0, 1.0 / dx, torch.zeros_like(dx))
+    xq = torch.round(xb * inv.unsqueeze(-1)).clamp(-127, 127)
+    codes = unpack_q4(w.qweight).to(torch.float32) if w.kind == "q4" else w.qweight.to(torch.float32)
+    g = w.group
+    # per weight block: codes . x_q (exact in float32 for these magnitudes), times d_w * d_x
+    dots = torch.einsum("ngj,mgj->mng", codes.reshape(n, k // g, g), xq.reshape(-1, k // g, g))
+    dx_per_group = dx.repeat_interleave(32 // g, dim=1) if g < 32 else dx
+    y = (dots * w.scales.to(torch.float32).unsqueeze(0) * dx_per_group.unsqueeze(1)).sum(-1)
+    offsets = (
+        w.mins.to(torch.float32)
+        if w.mins is not None
+        else (-8.0 * w.scales.to(torch.float32) if w.kind == "q4" else None)
+    )
+    if offsets is not None:
+        xsum = xf.reshape(-1, k // g, g).sum(-1)
+        y = y + xsum @ offsets.T
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    return y.reshape(*x.shape[:-1], n)
+
+
 # ------------------------------------------------------------------------------------------ quantize on load
 
 
@@ -183,3 +215,22 @@ def pack_plain(weight: torch.Tensor, kind: Kind) -> PackedWeight:
     """A plain matrix as an ``f16`` / ``bf16`` / ``f32`` packed weight."""
     n, k = weight.shape
     return PackedWeight(kind, (n, k), weight.detach().to(PLAIN_DTYPES[kind]).contiguous())
+
+
+def concat_rows(weights: list[PackedWeight]) -> PackedWeight:
+    """Matrices of one kind stacked along N (``q|k|v``, ``gate|up``): one product instead of several."""
+    first = weights[0]
+
+    def cat(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
+        if any(p is None for p in parts):
+            return None
+        return torch.cat([p for p in parts if p is not None], dim=0)
+
+    return PackedWeight(
+        first.kind,
+        (sum(w.shape[0] for w in weights), first.shape[1]),
+        torch.cat([w.qweight for w in weights], dim=0),
+        cat([w.scales for w in weights]),
+        cat([w.mins for w in weights]),
+        first.group,
+    )

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from influence_tui.core.engine.quant.fused import fuse_model
 from influence_tui.core.engine.quant.modules import build_packed_model, packed_state, quantize_model_weights
 from influence_tui.core.engine.quant.packed import KINDS, PackedWeight
 from influence_tui.core.errors import ModelFormatError
@@ -219,6 +220,7 @@ def load_prepared(
                 config = AutoConfig.from_pretrained(folder, local_files_only=True)
                 tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
             model = build_packed_model(config, _read(folder))
+            fuse_model(model)
             return PreparedModel(model, tokenizer, True, folder, _weights_bytes(model), quantize)
         except (OSError, ValueError, KeyError, ModelFormatError):
             shutil.rmtree(folder, ignore_errors=True)  # damaged or stale: prepare it again
@@ -235,6 +237,7 @@ def load_prepared(
     else:
         model, tokenizer = _from_safetensors(local_model, quantize)
     _save(folder, model, tokenizer)
+    fuse_model(model)  # after saving: the cache keeps transformers' module names
     if on_status is not None:
         on_status(f"Prepared {local_model.name} in {time.perf_counter() - start:.1f} s")
     return PreparedModel(model, tokenizer, False, folder, _weights_bytes(model), quantize)
