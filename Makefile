@@ -7,10 +7,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test test-fast lint typecheck check screenshots bench clean
+.PHONY: help install run test test-fast lint typecheck check screenshots bench bench-compare bench-peers clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,12 @@ bench: $(STAMP) ## Run the benchmarks in bench/ (each prints our figures beside 
 	$(BIN)/python bench/decode.py
 	$(BIN)/python bench/library_scan.py
 	$(BIN)/python bench/tui_startup.py
+
+bench-compare: $(STAMP) ## Ours beside transformers and llama.cpp (demo + a 1B llama): decode, TTFT, load, RSS
+	$(BIN)/python bench/compare.py
+
+bench-peers: $(STAMP) ## Build llama-cpp-python from source (~5 min) so bench-compare has its llama.cpp columns
+	$(BIN)/pip install llama-cpp-python
 
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist

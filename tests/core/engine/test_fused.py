@@ -73,8 +73,7 @@ def _logits(model: Any, ids: list[int]) -> torch.Tensor:
 
 @pytest.mark.parametrize("kind", ["f32", "q8"])
 def test_the_fused_model_computes_what_the_unfused_one_does(tiny_llama: Path, kind: str) -> None:
-    from transformers import AutoConfig
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(tiny_llama)
     reference = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
