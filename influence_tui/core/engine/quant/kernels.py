@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -70,8 +72,18 @@ def _say(message: str) -> None:
         _state.status(message)
 
 
+def _ninja_on_path() -> None:
+    """torch runs ``ninja`` from PATH; the ``ninja`` wheel installs it next to this Python, which is not on
+    PATH when the venv is not activated (``make test`` calls ``.venv/bin/pytest`` directly)."""
+    if shutil.which("ninja") is None:
+        here = str(Path(sys.executable).parent)
+        os.environ["PATH"] = here + os.pathsep + os.environ.get("PATH", "")
+
+
 def _build() -> ModuleType:
     from torch.utils import cpp_extension
+
+    _ninja_on_path()
 
     name = _build_name()
     folder = kernels_dir() / name
