@@ -28,6 +28,7 @@ namespace {
 
 constexpr int MR = 4;  // activation rows per weight pass
 constexpr int64_t GEMM_ROWS = 16;  // above this many rows, expand W and use torch's GEMM
+constexpr int PREFETCH_BYTES = 2048;  // how far ahead the integer-dot loops ask for weight bytes (tuned on Zen 4)
 
 inline float half_to_float(uint16_t h) {
 #if INFLUENCE_AVX512
@@ -209,7 +210,10 @@ void row_dot_plain(const Packed& w, int64_t n, const float* const* xs, float* ou
   __m512 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
   int64_t i = 0;
+  const char* row_start = static_cast<const char*>(w.q) + n * w.row_bytes();
+  const int64_t elem = w.row_bytes() / k;
   for (; i + 16 <= k; i += 16) {
+    if ((i & 31) == 0) _mm_prefetch(row_start + i * elem + PREFETCH_BYTES, _MM_HINT_T0);
     __m512 v;
     if (w.kind == Kind::F16) {
       v = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(w.q) + n * k + i)));
@@ -323,6 +327,7 @@ void row_q4_vnni(const Packed& w, int64_t n, const QuantX* const* xq, float* out
   for (int64_t g = 0; g < groups; g += 4) {
     const int64_t nb = std::min<int64_t>(4, groups - g);
     const __mmask64 m = nb == 4 ? ~__mmask64(0) : ((__mmask64(1) << (16 * nb)) - 1);
+    _mm_prefetch(reinterpret_cast<const char*>(q + g * 16) + PREFETCH_BYTES, _MM_HINT_T0);
     const __m512i bytes = _mm512_maskz_loadu_epi8(m, q + g * 16);
     const __m512i lo = _mm512_and_si512(bytes, low);
     const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), low);
@@ -352,6 +357,7 @@ void row_q8_vnni(const Packed& w, int64_t n, const QuantX* const* xq, float* out
   for (int64_t g = 0; g < groups; g += per) {
     const int64_t nb = std::min<int64_t>(per, groups - g);
     const __mmask64 m = nb == per ? ~__mmask64(0) : ((__mmask64(1) << (w.group * nb)) - 1);
+    _mm_prefetch(reinterpret_cast<const char*>(q + g * w.group) + PREFETCH_BYTES, _MM_HINT_T0);
     const __m512i wv = _mm512_maskz_loadu_epi8(m, q + g * w.group);
     const __mmask64 negative = _mm512_movepi8_mask(wv);
     const __m512i wabs = _mm512_abs_epi8(wv);
@@ -505,7 +511,12 @@ torch::Tensor packed_linear(const torch::Tensor& x_in, const std::string& kind, 
   std::vector<int64_t> out_shape(x_in.sizes().begin(), x_in.sizes().end());
   out_shape.back() = w.n;
   const bool integer_path = INFLUENCE_VNNI && integer_dot && (w.kind == Kind::Q4 || w.kind == Kind::Q8) && k % 32 == 0;
-  if (m > GEMM_ROWS && !integer_path) {
+  if (m > GEMM_ROWS && w.kind == Kind::F32) {
+    auto wf = torch::from_blob(const_cast<void*>(w.q), {w.n, k}, torch::kFloat32);
+    auto y = bias.has_value() ? at::addmm(bias->to(torch::kFloat32), x, wf.t()) : at::mm(x, wf.t());
+    return y.reshape(out_shape);
+  }
+  if (m > GEMM_ROWS && !integer_path && (w.kind == Kind::Q4 || w.kind == Kind::Q8)) {
     auto wf = dequantize_impl(w);
     auto y = bias.has_value() ? at::addmm(bias->to(torch::kFloat32), x, wf.t()) : at::mm(x, wf.t());
     return y.reshape(out_shape);
@@ -553,10 +564,15 @@ torch::Tensor packed_linear(const torch::Tensor& x_in, const std::string& kind, 
   const float* xs = w.mins ? xsum.data() : nullptr;
   // Enough rows per task that a thread reads at least ~16 KiB of weights: tiny layers stay on one thread.
   const int64_t grain = std::max<int64_t>(1, (16 * 1024) / std::max<int64_t>(1, w.row_bytes()));
+  // Weight rows in blocks that stay in L2 while every chunk of activation rows passes over them.
+  const int64_t block = std::max<int64_t>(1, (256 * 1024) / std::max<int64_t>(1, w.row_bytes()));
   at::parallel_for(0, w.n, grain, [&](int64_t n0, int64_t n1) {
-    for (int64_t m0 = 0; m0 < m; m0 += MR) {
-      const int mr = static_cast<int>(std::min<int64_t>(MR, m - m0));
-      rows_chunk(w, xp, xs, yp, m0, mr, n0, n1);
+    for (int64_t b0 = n0; b0 < n1; b0 += block) {
+      const int64_t b1 = std::min(n1, b0 + block);
+      for (int64_t m0 = 0; m0 < m; m0 += MR) {
+        const int mr = static_cast<int>(std::min<int64_t>(MR, m - m0));
+        rows_chunk(w, xp, xs, yp, m0, mr, b0, b1);
+      }
     }
   });
   if (bias.has_value()) y.add_(bias->to(torch::kFloat32));
