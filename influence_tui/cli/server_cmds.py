@@ -207,7 +207,7 @@ def _child_command(args: argparse.Namespace, settings: Settings) -> list[str]:
     command += ["serve", "--host", settings.host, "--port", str(settings.port)]
     if args.model:
         command += ["--model", args.model]
-    for flag, value in (("--device", args.device), ("--dtype", args.dtype)):
+    for flag, value in (("--device", args.device), ("--dtype", args.dtype), ("--quantize", args.quantize)):
         if value:
             command += [flag, value]
     for origin in args.cors or ():
@@ -424,6 +424,11 @@ def register(add: AddCommand) -> None:
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="where to run (default: auto)")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), help="weights dtype (default: auto)")
+    p.add_argument(
+        "--quantize",
+        choices=("auto", "none", "int8", "int4"),
+        help="weights kept quantized on CPU (default: auto, a GGUF keeps its own; none: floats)",
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(
         "--detach", action="store_true", help="run in the background (log and pid file in the data dir); print the URL"

@@ -115,11 +115,13 @@ def _finish_reason(stats: GenerationStats | None) -> str:
     return "length" if stats is not None and stats.finish_reason == "length" else "stop"
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def _usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
+    """OpenAI's usage object; ``cached_tokens``: leading prompt tokens the engine's prompt cache already had."""
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
 
 
@@ -203,6 +205,7 @@ async def chat_completions(request: Request) -> Response:
     stats = result.stats
     prompt_tokens = stats.prompt_tokens if stats else len(plan.prompt_ids)
     completion_tokens = stats.generated_tokens if stats else 0
+    cached_tokens = stats.cached_prompt_tokens if stats else 0
     record_usage(request, prompt_tokens, completion_tokens)
     return JSONResponse(
         {
@@ -219,7 +222,7 @@ async def chat_completions(request: Request) -> Response:
                     "finish_reason": _finish_reason(stats),
                 }
             ],
-            "usage": _usage(prompt_tokens, completion_tokens),
+            "usage": _usage(prompt_tokens, completion_tokens, cached_tokens),
         }
     )
 
@@ -256,7 +259,9 @@ async def _chat_chunks(
     if stats is not None:
         record_usage(request, stats.prompt_tokens, stats.generated_tokens)
     if include_usage:
-        usage = _usage(stats.prompt_tokens, stats.generated_tokens) if stats else _usage(0, 0)
+        usage = (
+            _usage(stats.prompt_tokens, stats.generated_tokens, stats.cached_prompt_tokens) if stats else _usage(0, 0)
+        )
         yield sse({**base, "choices": [], "usage": usage})
     yield SSE_DONE
 
