@@ -137,6 +137,10 @@ class InfluenceApp(App[None]):
         await self.switch_mode("chat")
         self.load_model(message.model)
 
+    def _load_note(self, message: str) -> None:
+        """One-time notes from the engine thread while loading (building kernels, preparing a model)."""
+        self.call_from_thread(self.notify, message, title="Loading", timeout=8)
+
     @work(thread=True, exclusive=True, group="engine-load", exit_on_error=False, name="load model")
     def load_model(self, model: LocalModel | None) -> None:
         """Load ``model`` (None: the configured model, else the demo) on the engine thread."""
@@ -157,6 +161,7 @@ class InfluenceApp(App[None]):
                 dtype=settings.dtype,
                 quantize=settings.quantize,
                 cache_dir=settings.cache_dir,
+                on_status=self._load_note,
             )
         except InfluenceError as exc:
             self.post_message(ModelLoadFailed(model, str(exc)))
