@@ -179,7 +179,8 @@ class InfluenceApp(App[None]):
     def on_model_loaded(self, message: ModelLoaded) -> None:
         self.engine_state = EngineState("ready", message.model, message.info)
         info = message.info
-        self.notify(f"{info.name} on {info.device} ({info.dtype}), loaded in {info.load_s:.1f} s", markup=False)
+        weights = info.quantization or info.dtype
+        self.notify(f"{info.name} on {info.device} ({weights}), loaded in {info.load_s:.1f} s", markup=False)
 
     def on_model_load_failed(self, message: ModelLoadFailed) -> None:
         self.engine_state = EngineState("failed", message.model, error=message.error)

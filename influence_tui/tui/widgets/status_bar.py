@@ -125,7 +125,9 @@ class StatusBar(Horizontal):
             model = "○ no model (ctrl+l picks one)"
         self.query_one("#status-model", Static).update(Content(model))
         device = self.query_one("#status-device", Static)
-        device.update(Content(f"{state.info.device} · {state.info.dtype}" if state.info else ""))
+        info = state.info
+        weights = (info.quantization.replace(" kept ", " ") if info.quantization else info.dtype) if info else ""
+        device.update(Content(f"{info.device} · {weights}" if info else ""))
         device.display = state.info is not None
 
     def _show_context(self) -> None:
