@@ -202,11 +202,13 @@ _SHUTDOWN = object()
 
 
 def _takes_prompt_cache(fn: Any) -> bool:
-    """Whether a generate function accepts ``prompt_cache`` (the real one does; scripted test ones may not)."""
+    """Whether a generate function accepts ``prompt_cache`` (the real one does, and so does a wrapper that
+    passes ``**kwargs`` on to it; scripted test ones may not)."""
     try:
-        return "prompt_cache" in inspect.signature(fn).parameters
+        parameters = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
+    return "prompt_cache" in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
 class EngineRunner:

@@ -209,10 +209,16 @@ def load_prepared(
     on_status: Callable[[str], None] | None = None,
 ) -> PreparedModel:
     """The packed model for ``local_model``: from the cache when prepared before, else built and cached."""
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoTokenizer
 
     from influence_tui.core.engine.loader import quiet_transformers
 
+    if local_model.gguf_file is not None and quantize != "auto":
+        raise ModelFormatError(
+            f"{local_model.name} is a GGUF file, which keeps its own quantization",
+            hint="drop --quantize (or use --quantize none to load it as floats)",
+        )
     folder = prepared_root(cache_dir) / prepared_key(local_model, quantize)
     if (folder / "packed.json").is_file():
         try:
@@ -222,18 +228,15 @@ def load_prepared(
             model = build_packed_model(config, _read(folder))
             fuse_model(model)
             return PreparedModel(model, tokenizer, True, folder, _weights_bytes(model), quantize)
-        except (OSError, ValueError, KeyError, ModelFormatError):
-            shutil.rmtree(folder, ignore_errors=True)  # damaged or stale: prepare it again
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError, ModelFormatError):
+            pass  # damaged (a truncated file, a hand-edited packed.json) or stale: prepare it again
+    if folder.exists():
+        shutil.rmtree(folder, ignore_errors=True)  # else the finished folder could not be renamed over it
     if on_status is not None:
         on_status(f"Preparing {local_model.name} for fast loading (first time only)...")
     start = time.perf_counter()
-    if local_model.gguf_file is not None and quantize == "auto":
+    if local_model.gguf_file is not None:
         model, tokenizer = _from_gguf(local_model)
-    elif local_model.gguf_file is not None:
-        raise ModelFormatError(
-            f"{local_model.name} is a GGUF file, which keeps its own quantization",
-            hint="drop --quantize (or use --quantize none to load it as floats)",
-        )
     else:
         model, tokenizer = _from_safetensors(local_model, quantize)
     _save(folder, model, tokenizer)

@@ -1,0 +1,481 @@
+"""The KV cache that grows in place and the prompt cache across requests: the same logits as transformers'
+``DynamicCache``, crops, which cache a model gets, the prompt cache's slots; and through ``generate_stream``,
+the engine runner and the server, a follow-up request reuses the cached prefix and answers exactly as a cold
+one (greedy), also after a cancelled, abandoned or failed request."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from transformers.cache_utils import DynamicCache
+
+from influence_tui.core.engine.generate import generate_stream
+from influence_tui.core.engine.kvcache import (
+    CHUNK,
+    CachedSequence,
+    GrowingCache,
+    GrowingLayer,
+    PromptCache,
+    common_prefix,
+    new_cache,
+    plain_attention,
+)
+from influence_tui.core.types import ChatMessage, GenerationStats, SamplingParams, TokenEvent
+
+GREEDY = SamplingParams(temperature=0.0, repeat_penalty=1.0, max_tokens=12)
+
+
+# ------------------------------------------------------------------------------------------ GrowingCache
+
+
+@pytest.fixture(scope="module")
+def long_llama() -> Any:
+    """A random 2-layer llama with room for 1024 positions (the tiny llama folder holds 256)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+    )
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).eval()
+
+
+def _random_ids(n: int, seed: int = 0, vocab: int = 128) -> list[int]:
+    return torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def _run(model: Any, cache: Any, ids: Sequence[int], start: int) -> torch.Tensor:
+    """Feed ``ids`` at positions ``start...`` in one call: logits ``[len(ids), vocab]``."""
+    with torch.inference_mode():
+        out = model(
+            input_ids=torch.tensor([list(ids)]),
+            past_key_values=cache,
+            position_ids=torch.arange(start, start + len(ids)).unsqueeze(0),
+            use_cache=True,
+        )
+    return out.logits[0]  # type: ignore[no-any-return]
+
+
+def _decode(model: Any, cache: Any, ids: Sequence[int], start: int) -> torch.Tensor:
+    """Feed ``ids`` one position per call, as decoding does."""
+    return torch.cat([_run(model, cache, [token], start + i) for i, token in enumerate(ids)])
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-5) -> bool:
+    return float((a - b).abs().max()) <= rel * max(1.0, float(b.abs().max()))
+
+
+def _compare_caches(model: Any, prefill: int, steps: int) -> GrowingCache:
+    ids = _random_ids(prefill + steps, seed=prefill)
+    growing, dynamic = GrowingCache(), DynamicCache()
+    assert _close(_run(model, growing, ids[:prefill], 0), _run(model, dynamic, ids[:prefill], 0))
+    assert growing.layers[0]._key_buffer.shape[2] == -(-prefill // CHUNK) * CHUNK
+    assert _close(_decode(model, growing, ids[prefill:], prefill), _decode(model, dynamic, ids[prefill:], prefill))
+    assert growing.get_seq_length() == dynamic.get_seq_length() == prefill + steps
+    for layer, reference in zip(growing.layers, dynamic.layers, strict=True):
+        assert torch.equal(layer.keys, reference.keys) and torch.equal(layer.values, reference.values)
+    return growing
+
+
+def test_the_growing_cache_grows_past_a_chunk_like_dynamic_cache(long_llama: Any) -> None:
+    growing = _compare_caches(long_llama, 250, 12)
+    assert growing.layers[0]._key_buffer.shape[2] == 2 * CHUNK
+
+
+@pytest.mark.slow
+def test_the_growing_cache_computes_what_dynamic_cache_does(long_llama: Any) -> None:
+    # 300 decode steps (3 to 10 s here) cross the first growth at 256 positions
+    growing = _compare_caches(long_llama, 20, 300)
+    assert growing.get_seq_length() == 320
+    for layer in growing.layers:
+        assert isinstance(layer, GrowingLayer)
+        assert layer._key_buffer.shape[2] == 2 * CHUNK  # grown once, in a chunk
+    # 2 layers x keys and values x [1 batch, 2 heads, 512 positions, 16 dims] x 4 bytes
+    assert growing.nbytes == 2 * 2 * (2 * 512 * 16) * 4
+
+
+@pytest.mark.parametrize(("filled", "keep"), [(40, 25), (280, 100), (300, 260), (10, 0)])
+def test_crop_then_continue_equals_a_fresh_run(long_llama: Any, filled: int, keep: int) -> None:
+    ids = _random_ids(400, seed=filled)
+    fresh = _run(long_llama, GrowingCache(), ids[: keep + 30], 0)
+    cache = GrowingCache()
+    _run(long_llama, cache, ids[:filled], 0)
+    cache.crop(keep)
+    assert cache.get_seq_length() == keep
+    continued = torch.cat(
+        [
+            _run(long_llama, cache, ids[keep : keep + 27], keep),
+            _decode(long_llama, cache, ids[keep + 27 : keep + 30], keep + 27),
+        ]
+    )
+    assert _close(continued, fresh[keep:], 1e-4)
+    assert cache.get_seq_length() == keep + 30
+
+
+def test_crop_details() -> None:
+    cache = GrowingCache()
+    cache.crop(5)  # nothing cached yet: nothing to do
+    k = torch.arange(2 * 10 * 3, dtype=torch.float32).reshape(1, 2, 10, 3)
+    cache.update(k, k + 1, 0)
+    cache.crop(20)  # longer than what is there: nothing to do
+    assert cache.get_seq_length() == 10
+    cache.crop(4)
+    layer = cache.layers[0]
+    assert torch.equal(layer.keys, k[:, :, :4]) and torch.equal(layer.values, k[:, :, :4] + 1)
+    with pytest.raises(ValueError, match="negative number"):
+        layer.crop(2)
+    layer.crop(0)
+    assert cache.get_seq_length() == 4
+    keys, values = cache.update(-k[:, :, :1], k[:, :, :1], 0)  # writes over what the crop dropped
+    assert keys.shape[2] == values.shape[2] == 5 and torch.equal(keys[:, :, 4], -k[:, :, 0])
+    cache.reset()
+    assert cache.get_seq_length() == 0 and cache.nbytes == 0
+    assert cache.update(k, k, 0)[0].shape[2] == 10  # usable again after a reset
+
+
+def test_plain_attention_and_new_cache() -> None:
+    from transformers import LlamaConfig, MistralConfig
+
+    plain = LlamaConfig(num_hidden_layers=2)
+    assert plain_attention(plain)
+    assert isinstance(new_cache(SimpleNamespace(config=plain)), GrowingCache)
+    sliding = MistralConfig(num_hidden_layers=2, sliding_window=4096)
+    assert not plain_attention(sliding)
+    assert type(new_cache(SimpleNamespace(config=sliding))) is DynamicCache
+    assert plain_attention(SimpleNamespace(sliding_window=4096, use_sliding_window=False))
+    assert not plain_attention(SimpleNamespace(layer_types=["full_attention", "sliding_attention"]))
+    assert not plain_attention(SimpleNamespace(text_config=SimpleNamespace(layer_types=["linear_attention"])))
+    assert type(new_cache(object())) is DynamicCache  # no config: transformers' own
+
+
+def test_common_prefix() -> None:
+    assert common_prefix([1, 2, 3], [1, 2, 4]) == 2
+    assert common_prefix([1, 2], [1, 2, 3]) == 2
+    assert common_prefix([], [1]) == 0
+    assert common_prefix([5], [6]) == 0
+
+
+# ------------------------------------------------------------------------------------------ PromptCache
+
+PLAIN_MODEL = SimpleNamespace(config=SimpleNamespace())  # new_cache gives it a GrowingCache
+
+
+def _serve(cache: PromptCache, prompt: list[int], extra: int = 0) -> int:
+    """One request: take a cache for ``prompt``, fill it with the prompt (and ``extra`` generated tokens) as
+    the generation loop does, give it back; the number of prompt tokens found cached."""
+    entry, reused = cache.take(PLAIN_MODEL, prompt)
+    assert entry.cache.get_seq_length() == reused == cache.last_reused
+    assert entry.tokens == prompt[:reused]
+    generated = [1000 + i for i in range(extra)]
+    new = len(prompt) - reused + extra
+    if new:
+        entry.cache.update(torch.zeros(1, 1, new, 2), torch.zeros(1, 1, new, 2), 0)
+    entry.tokens = [*prompt, *generated]
+    cache.give_back(entry)
+    return reused
+
+
+def test_a_prompt_that_continues_a_cached_sequence_reuses_it() -> None:
+    cache = PromptCache()
+    assert _serve(cache, [1, 2, 3, 4], extra=2) == 0
+    assert len(cache) == 1
+    assert _serve(cache, [1, 2, 3, 4, 1000, 1001, 7, 8]) == 6  # prompt and reply of the first request
+    assert _serve(cache, [1, 2, 3, 4, 1000, 1001, 7, 8]) == 7  # the same prompt: its last token runs again
+    assert _serve(cache, [1, 2, 9]) == 2  # a shorter shared prefix: the cache is cropped to it
+    assert _serve(cache, [5, 6, 7]) == 0
+    assert len(cache) == 2
+    cache.clear()
+    assert len(cache) == 0 and _serve(cache, [1, 2, 9]) == 0
+
+
+def test_the_least_recently_used_slot_goes_first() -> None:
+    cache = PromptCache(slots=2)
+    a, b, c, d = [1, 1, 1, 1], [2, 2, 2, 2], [3, 3, 3, 3], [4, 4, 4, 4]
+    for prompt in (a, b, c):  # a is dropped for c
+        assert _serve(cache, prompt) == 0
+    assert len(cache) == 2
+    assert _serve(cache, [*b, 5]) == 4  # b is now the most recently used
+    assert _serve(cache, d) == 0  # so c is dropped for d
+    assert _serve(cache, [*a, 5]) == 0
+    assert _serve(cache, [*c, 5]) == 0
+    assert len(cache) == 2
+
+
+def test_no_slots_keep_nothing_and_an_entry_out_of_step_is_dropped() -> None:
+    none = PromptCache(slots=0)
+    assert _serve(none, [1, 2, 3]) == 0 and len(none) == 0
+    assert _serve(none, [1, 2, 3, 4]) == 0
+    cache = PromptCache()
+    entry, _ = cache.take(PLAIN_MODEL, [1, 2, 3])
+    entry.cache.update(torch.zeros(1, 1, 4, 2), torch.zeros(1, 1, 4, 2), 0)  # one position more than tokens
+    entry.tokens = [1, 2, 3]
+    cache.give_back(entry)
+    assert len(cache) == 0
+    other = PromptCache()
+    other.give_back(CachedSequence(SimpleNamespace(get_seq_length=lambda: 2), [1, 2]))  # not a cache it can crop
+    assert len(other) == 1
+    entry, reused = other.take(PLAIN_MODEL, [1, 2, 3])
+    assert reused == 0 and isinstance(entry.cache, GrowingCache)
+
+
+# ------------------------------------------------------------------------------------------ generate_stream
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama_template: Path) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_template, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(tiny_llama_template)
+
+
+def _generate(
+    tiny: tuple[Any, Any],
+    prompt: list[int],
+    prompt_cache: PromptCache | None = None,
+    params: SamplingParams = GREEDY,
+    model: Any = None,
+) -> tuple[list[int], GenerationStats]:
+    base, tokenizer = tiny
+    events = list(
+        generate_stream(
+            model if model is not None else base,
+            tokenizer,
+            prompt,
+            params,
+            eos_token_ids=[tokenizer.convert_tokens_to_ids("<|im_end|>")],
+            context_length=256,
+            prompt_cache=prompt_cache,
+        )
+    )
+    stats = events[-1].stats
+    assert stats is not None
+    return [e.token_id for e in events if e.token_id is not None], stats
+
+
+def _chat(tokenizer: Any, *turns: str) -> list[int]:
+    roles = ["user", "assistant"]
+    messages = [{"role": roles[i % 2], "content": text} for i, text in enumerate(turns)]
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+
+
+def _in_cache(prompt: list[int], emitted: list[int], finish: str) -> list[int]:
+    """The tokens a finished request leaves in its cache: the prompt and every emitted token the model was run
+    on (the last sampled token is run only when a next step follows: after an EOS it was)."""
+    return [*prompt, *(emitted if finish == "stop" else emitted[:-1])]
+
+
+def _follow_up(tokenizer: Any) -> list[int]:
+    return list(tokenizer.encode("<|im_end|>\n<|im_start|>user\nAnd then?<|im_end|>\n<|im_start|>assistant\n"))
+
+
+def test_a_follow_up_reuses_the_cache_and_answers_as_a_cold_request(tiny: tuple[Any, Any]) -> None:
+    _, tokenizer = tiny
+    cache = PromptCache()
+    first = _chat(tokenizer, "Hello, how are you today?")
+    emitted, stats = _generate(tiny, first, cache)
+    assert stats.cached_prompt_tokens == 0 and cache.last_reused == 0
+    assert emitted
+    second = [*first, *emitted, *_follow_up(tokenizer)]
+    warm, warm_stats = _generate(tiny, second, cache)
+    cold, cold_stats = _generate(tiny, second)
+    assert warm == cold
+    expected = len(_in_cache(first, emitted, stats.finish_reason))
+    assert warm_stats.cached_prompt_tokens == cache.last_reused == expected
+    assert expected > len(first)
+    assert cold_stats.cached_prompt_tokens == 0
+    assert warm_stats.prompt_tokens == cold_stats.prompt_tokens == len(second)
+    assert warm_stats.generated_tokens == cold_stats.generated_tokens
+    # the very same prompt again: everything but its last token is cached
+    again, again_stats = _generate(tiny, second, cache)
+    assert again == cold and again_stats.cached_prompt_tokens == len(second) - 1
+
+
+def test_a_different_prompt_reuses_only_the_common_prefix(tiny: tuple[Any, Any]) -> None:
+    _, tokenizer = tiny
+    cache = PromptCache()
+    first = _chat(tokenizer, "The capital of France is Paris.")
+    _generate(tiny, first, cache)
+    other = _chat(tokenizer, "def add(a, b): return a + b")
+    warm, stats = _generate(tiny, other, cache)
+    assert stats.cached_prompt_tokens == common_prefix(first, other) > 0  # "<|im_start|>user\n"
+    assert warm == _generate(tiny, other)[0]
+    raw = tokenizer.encode("Local models run on your own machine.")
+    assert raw[0] != other[0]
+    warm_raw, raw_stats = _generate(tiny, raw, cache)
+    assert raw_stats.cached_prompt_tokens == 0
+    assert warm_raw == _generate(tiny, raw)[0]
+
+
+def test_slots_through_generate(tiny: tuple[Any, Any]) -> None:
+    _, tokenizer = tiny
+    cache = PromptCache(slots=2)
+    prompts = [tokenizer.encode(text) for text in ("Hello there", "café naïve", "def add(a, b):")]
+    assert len({p[0] for p in prompts}) == 3
+    runs = [_generate(tiny, p, cache) for p in prompts]
+    assert len(cache) == 2
+    follow = [[*p, *ids, *_follow_up(tokenizer)] for p, (ids, _) in zip(prompts, runs, strict=True)]
+    assert _generate(tiny, follow[0], cache)[1].cached_prompt_tokens == 0  # dropped for the third
+    assert _generate(tiny, follow[2], cache)[1].cached_prompt_tokens > len(prompts[2])
+
+
+@pytest.mark.parametrize("how", ["stop_event", "close", "del"])
+def test_a_cancelled_or_abandoned_request_leaves_a_usable_cache(tiny: tuple[Any, Any], how: str) -> None:
+    model, tokenizer = tiny
+    cache = PromptCache()
+    first = _chat(tokenizer, "Tell me about local models.")
+    stop = threading.Event()
+    params = SamplingParams(temperature=0.0, repeat_penalty=1.0, max_tokens=40)
+    stream: Iterator[TokenEvent] = generate_stream(
+        model, tokenizer, first, params, eos_token_ids=[], context_length=256, stop_event=stop, prompt_cache=cache
+    )
+    emitted = [next(stream).token_id for _ in range(4)]
+    if how == "stop_event":
+        stop.set()
+        rest = list(stream)
+        assert rest[-1].stats is not None and rest[-1].stats.finish_reason == "cancelled"
+        emitted += [e.token_id for e in rest if e.token_id is not None]
+    elif how == "close":
+        stream.close()  # type: ignore[attr-defined]
+    else:
+        del stream
+    assert len(cache) == 1  # handed back, in step with its tokens
+    tokens = [t for t in emitted if t is not None]
+    assert len(tokens) in (4, 5)
+    second = [*first, *tokens, *_follow_up(tokenizer)]
+    warm, stats = _generate(tiny, second, cache)
+    assert stats.cached_prompt_tokens == len(first) + len(tokens) - 1
+    assert warm == _generate(tiny, second)[0]
+
+
+class FailingModel(torch.nn.Module):
+    """The tiny model that raises on one call, before or after running it (the cache then holds a position its
+    token list does not)."""
+
+    def __init__(self, model: Any, fail_at: int, after: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.config = model.config
+        self.fail_at = fail_at
+        self.after = after
+        self.calls = 0
+
+    def forward(self, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.calls == self.fail_at and not self.after:
+            raise RuntimeError("boom before")
+        out = self.model(**kwargs)
+        if self.calls == self.fail_at:
+            raise RuntimeError("boom after")
+        return out
+
+
+@pytest.mark.parametrize("after", [False, True])
+def test_an_error_mid_request_never_leaves_a_wrong_cache(tiny: tuple[Any, Any], after: bool) -> None:
+    model, tokenizer = tiny
+    cache = PromptCache()
+    first = _chat(tokenizer, "Hello, how are you today?")
+    failing = FailingModel(model, fail_at=4, after=after)
+    with pytest.raises(RuntimeError, match="boom"):
+        _generate(tiny, first, cache, model=failing)
+    # before the call the cache and its tokens agree and are kept; after it they disagree and are dropped
+    assert len(cache) == (0 if after else 1)
+    second = [*first, *_generate(tiny, first)[0][:2], *_follow_up(tokenizer)]
+    warm, stats = _generate(tiny, second, cache)
+    assert warm == _generate(tiny, second)[0]
+    assert stats.cached_prompt_tokens == (0 if after else len(first) + 2)
+
+
+# ------------------------------------------------------------------------------------------ runner and server
+
+
+def _prompt_cache(loaded: Any) -> PromptCache:
+    cache = loaded.prompt_cache
+    assert isinstance(cache, PromptCache)
+    return cache
+
+
+def _last_reused(loaded: Any) -> int:
+    return _prompt_cache(loaded).last_reused
+
+
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+def test_two_chat_turns_through_the_runner(tiny_llama: Path, tmp_path: Path, quantize: str) -> None:
+    from influence_tui.core.engine.runner import EngineRunner
+    from influence_tui.core.library import inspect_path
+
+    (local,) = inspect_path(tiny_llama)
+    params = SamplingParams(temperature=0.0, max_tokens=10)
+    with EngineRunner() as engine:
+        engine.load(local, device="cpu", dtype="float32", quantize=quantize, cache_dir=tmp_path / "cache")
+        turn = [ChatMessage("user", "Hello, how are you today?")]
+        first_prompt = engine.apply_chat_template(turn)
+        first = engine.submit(first_prompt, params)
+        reply = first.text()
+        assert first.stats is not None and first.stats.cached_prompt_tokens == 0
+        turn += [ChatMessage("assistant", reply), ChatMessage("user", "And then?")]
+        prompt = engine.apply_chat_template(turn)
+        second = engine.submit(prompt, params)
+        warm = second.text()
+        assert second.stats is not None
+        assert second.stats.cached_prompt_tokens >= len(first_prompt)
+        assert engine.with_model(_last_reused) == second.stats.cached_prompt_tokens
+        engine.with_model(lambda m: _prompt_cache(m).clear())
+        cold = engine.submit(prompt, params)
+        assert cold.text() == warm
+        assert cold.stats is not None and cold.stats.cached_prompt_tokens == 0
+
+
+@pytest.mark.slow
+def test_a_continued_conversation_through_the_server(tiny_llama_template: Path) -> None:
+    import openai
+
+    from tests.server.conftest import RecordingRunner, local_model, serve
+
+    model = local_model(tiny_llama_template)
+    question = {"role": "user", "content": "What is the capital of France?"}
+
+    def ask(served: Any, messages: list[dict[str, str]]) -> Any:
+        client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0, timeout=60)
+        return client.chat.completions.create(model=model.name, messages=messages, max_tokens=12, temperature=0)  # type: ignore[arg-type]
+
+    def start() -> Any:
+        runner = RecordingRunner()
+        runner.load(model, device="cpu", dtype="float32")
+        return serve(runner, model)
+
+    warm_server = start()
+    try:
+        first = ask(warm_server, [question])
+        conversation = [question, {"role": "assistant", "content": first.choices[0].message.content or ""}]
+        conversation.append({"role": "user", "content": "And of Italy?"})
+        warm = ask(warm_server, conversation)
+        reused = warm_server.runner.with_model(_last_reused)
+    finally:
+        warm_server.server.stop()
+        warm_server.runner.close()
+    cold_server = start()
+    try:
+        cold = ask(cold_server, conversation)
+    finally:
+        cold_server.server.stop()
+        cold_server.runner.close()
+
+    assert warm.choices[0].message.content == cold.choices[0].message.content
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    cached = warm.usage.prompt_tokens_details.cached_tokens
+    assert cached == reused >= first.usage.prompt_tokens
+    assert cold.usage.prompt_tokens_details.cached_tokens == 0
+    assert warm.usage.prompt_tokens == cold.usage.prompt_tokens
