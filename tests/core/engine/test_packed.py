@@ -556,11 +556,9 @@ def test_the_packed_demo_computes_what_the_dequantized_one_does(
 ) -> None:
     """With float products (activations never quantized) the packed Q4_1 model is the dequantized model: the
     GGUF's blocks are copied as they are, so only float rounding differs."""
-    import functools
-
     from influence_tui.core.engine.quant import modules
 
-    monkeypatch.setattr(modules, "packed_linear", functools.partial(kernels.packed_linear, integer_dot=False))
+    monkeypatch.setattr(modules.PackedLinear, "integer_dot", False)
     for question, packed_text, float_text, got, want in _compare_demo(demo_loaded, demo_reference):
         assert packed_text == float_text, question
         # measured: at most 7.4e-5 on logits up to 39 (mean 1e-5)

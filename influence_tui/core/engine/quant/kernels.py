@@ -145,10 +145,11 @@ def packed_linear(
 ) -> torch.Tensor:
     """``x @ W.T + bias`` in float32 on the kernels (or the fallback where they are unavailable).
 
-    With ``integer_dot`` a single row against q4/q8 weights is computed as llama.cpp does, with ``x``
-    quantized to int8 per block of 32 (:func:`~.packed.linear_reference_int8x` defines it) where the CPU has
-    AVX512-VNNI; otherwise every weight is expanded to float32 and the result matches
-    :func:`~.packed.linear_reference` to float rounding."""
+    With ``integer_dot``, products with q4/q8 weights are computed as llama.cpp does, with each row of ``x``
+    quantized to int8 per block of 32 (:func:`~.packed.linear_reference_int8x` defines it), where the CPU has
+    AVX512-VNNI: about twice as fast, at the cost of a small error (on the demo model, prompt logits within
+    5.4 of the dequantized model's, the same top token at about 88% of positions). Without it, every weight is
+    expanded to float32 and the result matches :func:`~.packed.linear_reference` to float rounding."""
     ext = module if module is not None else load_kernels()
     if ext is None or x.device.type != "cpu":
         return linear_reference(x, w, bias)

@@ -67,8 +67,11 @@ class PackedLinear(nn.Module):
         self.weight_packed = shared if shared is not None else _Packed(weight)
         self.bias = nn.Parameter(bias.to(torch.float32), requires_grad=False) if bias is not None else None
 
+    integer_dot = True
+    """Whether q4/q8 products may use int8 activations (see :func:`~.kernels.packed_linear`)."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return packed_linear(x, self.weight_packed.packed, self.bias)
+        return packed_linear(x, self.weight_packed.packed, self.bias, integer_dot=self.integer_dot)
 
     def extra_repr(self) -> str:
         w = self.weight_packed
