@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from textual.widgets import Checkbox, DataTable, Input
@@ -157,13 +158,14 @@ def test_the_model_picker_switches_models() -> None:
         await ui.pilot.pause()
         assert isinstance(ui.app.screen, ModelPickerDialog)
         assert any("old-model cannot be loaded: only PyTorch pickle weights" in e for e in ui.errors())
-        ui.runner.load_delay = 0.3
+        ui.runner.load_gate = threading.Event()  # the load waits until the test has seen it loading
         await ui.pilot.press("up", "enter")
         await ui.pilot.pause()
         assert isinstance(ui.app.screen, ChatScreen)
         await ui.wait_for(lambda: ui.app.engine_state.phase == "loading", "loading")
         await ui.pilot.pause()
         assert "◌ loading TinyLlama-1.1B-Chat:Q4_K_M…" in ui.text()  # the status bar says so
+        ui.runner.load_gate.set()
         await ui.wait_for(lambda: ui.runner.loads[-1:] == ["TinyLlama-1.1B-Chat:Q4_K_M"], "the load")
         await ui.wait_for(lambda: ui.app.engine_state.ready, "ready")
         assert "● TinyLlama-1.1B-Chat:Q4_K_M" in ui.text()
