@@ -12,6 +12,7 @@ import json
 import math
 import mmap
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -277,7 +278,10 @@ def read_gguf_header(path: Path) -> GGUFHeader:
         raise FormatError(f"cannot read file: {exc.strerror or exc}") from exc
 
 
-def _parse_gguf(cur: _Cursor) -> GGUFHeader:
+def read_gguf_metadata(cur: _Cursor, keep: Callable[[str, int], bool]) -> tuple[int, int, dict[str, Any]]:
+    """From the start of a GGUF file: check magic and version, read the metadata (values for which
+    ``keep(key, value_type)`` is false are stepped over, stored as None) and return the version, the tensor count and the metadata;
+    the cursor is left at the tensor table."""
     cur.need(4)
     if bytes(cur.buf[0:4]) != GGUF_MAGIC:
         raise FormatError("not a GGUF file (bad magic)")
@@ -291,7 +295,12 @@ def _parse_gguf(cur: _Cursor) -> GGUFHeader:
     for _ in range(kv_count):
         key = cur.string()
         vtype = cur.u32()
-        metadata[key] = cur.value(vtype, keep=key not in _SKIPPED_ARRAYS)
+        metadata[key] = cur.value(vtype, keep=keep(key, vtype))
+    return version, tensor_count, metadata
+
+
+def _parse_gguf(cur: _Cursor) -> GGUFHeader:
+    version, tensor_count, metadata = read_gguf_metadata(cur, lambda key, _vtype: key not in _SKIPPED_ARRAYS)
     parameters = 0
     tensor_types: dict[str, int] = {}
     data_end = 0  # end of the last tensor, relative to the start of the tensor data

@@ -50,7 +50,7 @@ import torch
 
 from influence_tui.core.engine.quant.packed import Kind, PackedWeight, quantize_q8
 from influence_tui.core.errors import ModelFormatError
-from influence_tui.core.formats import GGML_TYPE_NAMES, GGML_TYPE_SIZES, GGUF_MAGIC, FormatError, _Cursor
+from influence_tui.core.formats import GGML_TYPE_NAMES, GGML_TYPE_SIZES, FormatError, _Cursor, read_gguf_metadata
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -207,20 +207,7 @@ def _read_table(path: Path) -> tuple[dict[str, Any], list[_TensorInfo], int]:
     try:
         with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             cur = _Cursor(buf)
-            cur.need(4)
-            if bytes(buf[0:4]) != GGUF_MAGIC:
-                raise FormatError("not a GGUF file (bad magic)")
-            cur.pos = 4
-            version = cur.u32()
-            if version not in (2, 3):
-                raise FormatError(f"unsupported GGUF version {version}")
-            tensor_count = cur.u64()
-            kv_count = cur.u64()
-            metadata: dict[str, Any] = {}
-            for _ in range(kv_count):
-                key = cur.string()
-                vtype = cur.u32()
-                metadata[key] = cur.value(vtype, keep=vtype != _GGUF_ARRAY)
+            _version, tensor_count, metadata = read_gguf_metadata(cur, lambda _key, vtype: vtype != _GGUF_ARRAY)
             table: list[tuple[str, tuple[int, ...], int, int]] = []
             for _ in range(tensor_count):
                 name = cur.string()
