@@ -22,6 +22,7 @@ import contextlib
 import functools
 import gc
 import importlib
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -434,7 +435,11 @@ def load_model(
             )
         packed = False  # a GGUF on a GPU: transformers dequantizes it into the GPU dtype
     if packed:
-        return _load_packed(local_model, mode, cache_dir, on_status, torch_device)
+        loaded = _load_packed(local_model, mode, cache_dir, on_status, torch_device)
+        if loaded is not None:
+            return loaded
+        # Neither the fused nor the plain packed modules agree with themselves: transformers' own floats.
+        mode = "none"
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     start = time.perf_counter()
@@ -459,6 +464,13 @@ def load_model(
         raise
     model.eval()
     model.requires_grad_(False)
+    verdict = _self_check(
+        local_model, model, tokenizer, "transformers", cache_dir, extra=(mode, str(torch_device), str(torch_dtype))
+    )
+    if not verdict.ok:
+        del model
+        release_memory(torch_device)
+        raise _inconsistent_error(local_model, verdict)
     return _loaded(
         local_model,
         model,
@@ -471,13 +483,67 @@ def load_model(
     )
 
 
+def _self_check(
+    local_model: LocalModel,
+    model: Any,
+    tokenizer: Any,
+    runtime: str,
+    cache_dir: Path | None,
+    *,
+    extra: tuple[str, ...],
+) -> Any:
+    """:func:`selfcheck.verify` for this model (its verdict cached in the user cache dir)."""
+    from influence_tui.core.engine import selfcheck
+    from influence_tui.core.paths import default_cache_dir
+
+    return selfcheck.verify(
+        model,
+        tokenizer,
+        runtime=runtime,
+        identity=selfcheck.files_identity(local_model.weight_files),
+        cache_dir=cache_dir or default_cache_dir(),
+        extra=extra,
+    )
+
+
+def _versions_note() -> str:
+    """``transformers 5.24.0 (this Influence supports >=4.56,<5.24)``: what to name when a check fails."""
+    from influence_tui.core.engine.selfcheck import library_versions, supported_range
+
+    version = library_versions(["transformers"])["transformers"]
+    supported = supported_range("transformers")
+    return f"transformers {version}" + (
+        f" (this Influence is tested with transformers{supported})" if supported else ""
+    )
+
+
+def _inconsistent_error(local_model: LocalModel, verdict: Any) -> InfluenceError:
+    from influence_tui.core.engine.selfcheck import supported_range
+
+    supported = supported_range("transformers") or "<5.24"
+    return InfluenceError(
+        f"{local_model.name}: decoding through the KV cache gives other results than a full pass under "
+        f"{_versions_note()}, so its replies would be wrong ({verdict.describe()})",
+        hint=f"install the tested versions (make install), or pip install 'transformers{supported}'",
+    )
+
+
+def _warn(on_status: Callable[[str], None] | None, message: str) -> None:
+    if on_status is not None:
+        on_status(message)
+    else:
+        logging.getLogger("influence_tui").warning(message)
+
+
 def _load_packed(
     local_model: LocalModel,
     mode: str,
     cache_dir: Path | None,
     on_status: Callable[[str], None] | None,
     torch_device: torch.device,
-) -> LoadedModel:
+) -> LoadedModel | None:
+    """The packed (and where possible fused) model, self-checked; None when no packed form passes the check
+    (the caller falls back to transformers' float model)."""
     from influence_tui.core.engine.quant import kernels
     from influence_tui.core.engine.quant.prepare import load_prepared
     from influence_tui.core.paths import default_cache_dir
@@ -486,8 +552,28 @@ def _load_packed(
     kernels.set_status_callback(on_status)
     try:
         kernels.load_kernels()
+        extra = (mode, f"kernels={kernels.unavailable_reason() is None}")
         with quiet_transformers(gguf=local_model.gguf_file is not None):
             prepared = load_prepared(local_model, mode, cache_dir or default_cache_dir(), on_status=on_status)
+            runtime = "packed+fused" if prepared.fused else "packed"
+            verdict = _self_check(local_model, prepared.model, prepared.tokenizer, runtime, cache_dir, extra=extra)
+            if not verdict.ok and prepared.fused:
+                _warn(
+                    on_status,
+                    f"Warning: {local_model.name}: the fused kernels disagree with a full pass under "
+                    f"{_versions_note()}; using the unfused modules (slower). `make install` installs the tested set.",
+                )
+                prepared = load_prepared(
+                    local_model, mode, cache_dir or default_cache_dir(), on_status=on_status, fuse=False
+                )
+                verdict = _self_check(local_model, prepared.model, prepared.tokenizer, "packed", cache_dir, extra=extra)
+            if not verdict.ok:
+                _warn(
+                    on_status,
+                    f"Warning: {local_model.name}: the packed weights disagree with a full pass under "
+                    f"{_versions_note()}; loading it through transformers as floats (slower, more memory).",
+                )
+                return None
     except InfluenceError:
         raise
     except Exception as exc:

@@ -150,6 +150,11 @@ class FusedAttention(nn.Module):
         past_key_values: Any = None,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, None]:
+        # transformers up to 5.23 hands the cache over as past_key_values, 5.24 as cache; either way the load-time
+        # self-check (engine/selfcheck.py) proves the cache is really read before this module is used.
+        if past_key_values is None:
+            past_key_values = kwargs.pop("cache", None)
+        kwargs.pop("cache", None)
         b, t, _ = hidden_states.shape
         assert position_embeddings is not None
         cos, sin = position_embeddings

@@ -29,6 +29,7 @@ import torch
 from influence_tui.core.engine.quant.fused import fuse_model
 from influence_tui.core.engine.quant.modules import build_packed_model, packed_state, quantize_model_weights
 from influence_tui.core.engine.quant.packed import KINDS, PackedWeight
+from influence_tui.core.engine.selfcheck import files_identity, library_versions
 from influence_tui.core.errors import ModelFormatError
 from influence_tui.core.types import LocalModel
 
@@ -48,6 +49,8 @@ class PreparedModel:
     weights_bytes: int
     """Bytes of packed and float weights in memory."""
     quantize: str = "auto"
+    fused: int = 0
+    """Modules replaced by fused ones (0: the packed modules in transformers' model as they are)."""
 
     def describe_weights(self, local_model: LocalModel) -> str:
         """``Q4_1 GGUF kept 4-bit`` / ``int8 (8-bit)``: how the weights sit in memory, for load messages."""
@@ -67,11 +70,11 @@ def prepared_root(cache_dir: Path) -> Path:
 
 
 def prepared_key(local_model: LocalModel, quantize: str) -> str:
-    """Identity of what a prepared folder was built from."""
-    parts = [f"v{PREPARED_VERSION}", quantize, torch.__version__]
-    for path in sorted(local_model.weight_files):
-        st = path.stat()
-        parts.append(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}")
+    """Identity of what a prepared folder was built from: the weight files, the quantization, the packing
+    format, and the versions of the libraries that wrote its content (transformers writes its config and
+    converts the tokenizer, tokenizers serializes it, gguf and torch convert the weights)."""
+    versions = [f"{k}={v}" for k, v in sorted(library_versions().items())]
+    parts = [f"v{PREPARED_VERSION}", quantize, *versions, *files_identity(local_model.weight_files)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
 
 
@@ -207,8 +210,10 @@ def load_prepared(
     cache_dir: Path,
     *,
     on_status: Callable[[str], None] | None = None,
+    fuse: bool = True,
 ) -> PreparedModel:
-    """The packed model for ``local_model``: from the cache when prepared before, else built and cached."""
+    """The packed model for ``local_model``: from the cache when prepared before, else built and cached.
+    ``fuse=False`` leaves transformers' attention, MLP and norm modules in place (the self-check's fallback)."""
     from safetensors import SafetensorError
     from transformers import AutoConfig, AutoTokenizer
 
@@ -226,8 +231,8 @@ def load_prepared(
                 config = AutoConfig.from_pretrained(folder, local_files_only=True)
                 tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
             model = build_packed_model(config, _read(folder))
-            fuse_model(model)
-            return PreparedModel(model, tokenizer, True, folder, _weights_bytes(model), quantize)
+            fused = fuse_model(model) if fuse else 0
+            return PreparedModel(model, tokenizer, True, folder, _weights_bytes(model), quantize, fused)
         except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError, ModelFormatError):
             pass  # damaged (a truncated file, a hand-edited packed.json) or stale: prepare it again
     if folder.exists():
@@ -240,10 +245,10 @@ def load_prepared(
     else:
         model, tokenizer = _from_safetensors(local_model, quantize)
     _save(folder, model, tokenizer)
-    fuse_model(model)  # after saving: the cache keeps transformers' module names
+    fused = fuse_model(model) if fuse else 0  # after saving: the cache keeps transformers' module names
     if on_status is not None:
         on_status(f"Prepared {local_model.name} in {time.perf_counter() - start:.1f} s")
-    return PreparedModel(model, tokenizer, False, folder, _weights_bytes(model), quantize)
+    return PreparedModel(model, tokenizer, False, folder, _weights_bytes(model), quantize, fused)
 
 
 def _weights_bytes(model: Any) -> int:
