@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.models import build_tiny_bert, build_tiny_llama
+from tests.models import build_tiny_bert, build_tiny_gpt2, build_tiny_llama
 
 KERNELS_DIR = Path(__file__).resolve().parent.parent / "build" / "kernels"
 os.environ["INFLUENCE_KERNELS_DIR"] = str(KERNELS_DIR)  # session fixtures load models before isolated_env runs
@@ -70,6 +70,12 @@ def tiny_llama(tiny_llama_template: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random GPT-2 folder (no native model: the transformers runtime); share it, never change it."""
+    return build_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2") / "tiny-gpt2")
+
+
+@pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert") / "tiny-bert")
 
@@ -87,8 +93,8 @@ def demo_gguf() -> Path:
 
 @pytest.fixture(scope="session")
 def demo_loaded(demo_gguf: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """The demo model loaded once per test session (about 10 s on CPU: its packed weights are prepared in a
-    session cache dir) as a ``LoadedModel``: share it, never unload it."""
+    """The demo model loaded once per test session (native runtime, under a second) as a ``LoadedModel``:
+    share it, never unload it."""
     from influence_tui.core.engine.loader import load_model
     from influence_tui.core.library import DEMO_NAME, gguf_model
 

@@ -1,5 +1,6 @@
 """Tiny models built on the fly for tests: a random llama (safetensors + a real `tokenizers` BPE tokenizer with a
-chat template) and a random BERT encoder. A few hundred KB each; built in well under a second."""
+chat template; the native runtime loads it), a random GPT-2 with the same tokenizer (an architecture with no
+native model: the transformers runtime loads it) and a random BERT encoder. A few hundred KB each; built in well under a second."""
 
 from __future__ import annotations
 
@@ -77,6 +78,33 @@ def build_tiny_llama(dest: Path, *, seed: int = 0, context: int = 256, shards: i
     dest.mkdir(parents=True, exist_ok=True)
     max_shard = "200KB" if shards > 1 else "1GB"
     model.save_pretrained(dest, safe_serialization=True, max_shard_size=max_shard)
+    tokenizer.save_pretrained(dest)  # type: ignore[attr-defined]
+    return dest
+
+
+def build_tiny_gpt2(dest: Path, *, seed: int = 0, context: int = 256) -> Path:
+    """Save a random 2-layer GPT-2 (no native model: it loads through transformers) with its tokenizer."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = build_tokenizer()
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")  # type: ignore[attr-defined]
+    config = GPT2Config(
+        vocab_size=len(tokenizer),  # type: ignore[arg-type]
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        n_positions=context,
+        bos_token_id=eos,
+        eos_token_id=eos,
+    )
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(config)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0.0, 0.5)
+    dest.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(dest, safe_serialization=True)
     tokenizer.save_pretrained(dest)  # type: ignore[attr-defined]
     return dest
 

@@ -153,6 +153,9 @@ _SKIPPED_ARRAYS = (
 )
 
 
+_U64 = struct.Struct("<Q")
+
+
 class FormatError(ValueError):
     """A weight file's header is truncated or malformed."""
 
@@ -225,6 +228,23 @@ class _Cursor:
         self.pos += length
         return bytes(raw).decode("utf-8", errors="replace")
 
+    def strings(self, count: int) -> list[str]:
+        """``count`` strings in a row (a vocabulary: 150k of them), read in one tight loop."""
+        buf, pos, size = self.buf, self.pos, self.size
+        length = _U64.unpack_from
+        out: list[str] = []
+        append = out.append
+        for _ in range(count):
+            if pos + 8 > size:
+                raise FormatError(f"header is truncated at byte {pos}")
+            start = pos + 8
+            pos = start + length(buf, pos)[0]
+            if pos > size:
+                raise FormatError(f"header is truncated at byte {start} (needs {pos - start} more, file has {size})")
+            append(buf[start:pos].decode("utf-8", errors="replace"))  # a slice of mmap or bytes is bytes
+        self.pos = pos
+        return out
+
     def skip_strings(self, count: int) -> None:
         buf, pos, size = self.buf, self.pos, self.size
         unpack_from = struct.unpack_from
@@ -246,7 +266,7 @@ class _Cursor:
                 if not keep:
                     self.skip_strings(count)
                     return count
-                return [self.string() for _ in range(count)]
+                return self.strings(count)
             fmt = _SCALAR_FORMATS.get(item_type)
             if fmt is None:
                 if item_type == _ARRAY:

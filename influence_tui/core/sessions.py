@@ -29,6 +29,7 @@ from typing import Any
 from influence_tui.core.config import parse_value, setting_doc
 from influence_tui.core.errors import ConfigError, InfluenceError, SessionError
 from influence_tui.core.fsutil import atomic_write_text
+from influence_tui.core.prompts import has_chat_template, render_prompt
 from influence_tui.core.types import ChatMessage, GenerationStats, Role, SamplingParams
 
 FORMAT_VERSION = 1
@@ -225,13 +226,6 @@ class PromptPlan:
         )
 
 
-def _fallback_prompt(conversation: Sequence[Mapping[str, str]]) -> str:
-    labels = {"system": "System", "user": "User", "assistant": "Assistant"}
-    parts = [f"{labels[m['role']]}: {m['content']}" for m in conversation]
-    parts.append("Assistant:")
-    return "\n\n".join(parts)
-
-
 def _merge_system(conversation: list[dict[str, str]]) -> list[dict[str, str]]:
     """The system text put at the start of the first user message, for templates with no system role."""
     system = "\n\n".join(m["content"] for m in conversation if m["role"] == "system")
@@ -277,7 +271,7 @@ def build_prompt(
             groups.append([])
         groups[-1].append(i)
 
-    use_template = bool(getattr(tokenizer, "chat_template", None))
+    use_template = has_chat_template(tokenizer)
     state: dict[str, Any] = {"merge": False, "warning": None if use_template else NO_CHAT_TEMPLATE_WARNING}
     budget = context_length - max(0, reserve_tokens)
 
@@ -286,11 +280,10 @@ def build_prompt(
         conversation = [{"role": "system", "content": system_prompt}] if system_prompt else []
         conversation += [{"role": messages[i].role, "content": messages[i].content} for i in keep]
         if not use_template:
-            text = _fallback_prompt(conversation)
-            return text, list(tokenizer.encode(text, add_special_tokens=True))
+            return render_prompt(tokenizer, conversation)
         has_system = any(m["role"] == "system" for m in conversation)
         try:
-            text = _apply_template(tokenizer, _merge_system(conversation) if state["merge"] else conversation)
+            return render_prompt(tokenizer, _merge_system(conversation) if state["merge"] else conversation)
         except Exception as exc:
             if not has_system or state["merge"]:
                 raise SessionError(
@@ -299,8 +292,7 @@ def build_prompt(
                 ) from None
             state["merge"] = True
             state["warning"] = NO_SYSTEM_ROLE_WARNING
-            text = _apply_template(tokenizer, _merge_system(conversation))
-        return text, list(tokenizer.encode(text, add_special_tokens=False))
+            return render_prompt(tokenizer, _merge_system(conversation))
 
     cache: dict[int, tuple[str, list[int]]] = {}
 
@@ -337,13 +329,6 @@ def build_prompt(
         used_chat_template=use_template,
         warning=state["warning"],
     )
-
-
-def _apply_template(tokenizer: Any, conversation: list[dict[str, str]]) -> str:
-    text = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-    if not isinstance(text, str):  # pragma: no cover - every transformers version returns str for tokenize=False
-        raise TypeError(f"apply_chat_template returned {type(text).__name__}")
-    return text
 
 
 # ------------------------------------------------------------------------------------------ the session

@@ -207,7 +207,9 @@ class LoadedModelInfo:
     has_chat_template: bool
     eos_token_ids: tuple[int, ...] = ()
     quantization: str = ""
-    """How the weights are kept in memory when not plain ``dtype`` floats: ``Q4_1 (4-bit)``, ``int8``..."""
+    """How the weights are kept in memory when not plain ``dtype`` floats: ``Q4_1 kept 4-bit``, ``int8``..."""
+    runtime: str = "transformers"
+    """``native`` (our own model code) or ``transformers``."""
 
 
 # ------------------------------------------------------------------------------------------ hub, downloads

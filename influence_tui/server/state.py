@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from influence_tui.core.engine.embed import Embedder
     from influence_tui.core.engine.loader import LoadedModel
     from influence_tui.core.engine.runner import EngineRunner, TokenStream
+    from influence_tui.server.gateway import Gateway
 
 log = logging.getLogger("influence.server")
 
@@ -71,8 +72,11 @@ class ServerState:
         settings: Settings,
         library: Library | None = None,
         api_key: str | None = None,
+        gateway: Gateway | None = None,
     ) -> None:
         self.runner = runner
+        self.gateway = gateway
+        """The upstream remotes served beside the model (``influence serve --upstream``), or None."""
         self.model = model
         self.settings = settings
         self.library = library if library is not None else Library(settings)
@@ -322,9 +326,7 @@ def _embed_with(embedder: Embedder, inputs: Sequence[str | Sequence[int]]) -> tu
     texts = [item if isinstance(item, str) else str(tokenizer.decode(list(item))) for item in inputs]
     if not texts:
         return [], 0
-    vectors = embedder.embed(texts)
-    encoded = tokenizer(texts, truncation=True, max_length=embedder.max_length)["input_ids"]
-    return vectors, sum(len(ids) for ids in encoded)
+    return embedder.embed(texts), embedder.count_tokens(texts)
 
 
 def model_digest(model: LocalModel) -> str:

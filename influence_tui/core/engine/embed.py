@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import torch
 
-from influence_tui.core.engine import loader
+from influence_tui.core.engine import hf, loader
 from influence_tui.core.errors import InfluenceError, ModelFormatError
 from influence_tui.core.fsutil import read_json_object
 from influence_tui.core.types import LocalModel
@@ -122,9 +122,9 @@ class Embedder:
         from transformers import AutoModel, AutoTokenizer
 
         start = time.perf_counter()
-        location, kwargs = loader.source_args(local_model)
+        location, kwargs = hf.source_args(local_model)
         try:
-            with loader.quiet_transformers():
+            with hf.quiet_transformers():
                 tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
                 model = AutoModel.from_pretrained(
                     location, **kwargs, dtype=torch_dtype, device_map={"": torch_device}, use_safetensors=True
@@ -192,7 +192,16 @@ class Embedder:
             vectors.extend(self._embed_batch(list(texts[start : start + batch_size])))
         return vectors
 
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        """Tokens the model reads for ``texts`` (each cut to the model's limit, as :meth:`embed` cuts it)."""
+        if hasattr(self.model, "last_hidden_state"):  # a native chat model: one text at a time
+            return sum(len(self._native_ids(text)) for text in texts)
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        return sum(len(ids) for ids in encoded)
+
     def _embed_batch(self, texts: list[str]) -> list[list[float]]:
+        if hasattr(self.model, "last_hidden_state"):
+            return [self._embed_native(text) for text in texts]
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         inputs = {key: value.to(self.device) for key, value in batch.items() if key in self._inputs}
         mask = batch["attention_mask"].to(self.device)
@@ -203,6 +212,19 @@ class Embedder:
             unit = torch.nn.functional.normalize(pooled, p=2, dim=-1)
         result: list[list[float]] = unit.cpu().tolist()
         return result
+
+    def _embed_native(self, text: str) -> list[float]:
+        """One text through a native chat model (which takes no padded batches): the mean of its last hidden
+        states."""
+        ids = self._native_ids(text) or [0]
+        with torch.inference_mode():
+            hidden = self.model.last_hidden_state(torch.tensor([ids], device=self.device)).float()
+            unit = torch.nn.functional.normalize(hidden.mean(dim=1), p=2, dim=-1)
+        vector: list[float] = unit[0].cpu().tolist()
+        return vector
+
+    def _native_ids(self, text: str) -> list[int]:
+        return [int(i) for i in self.tokenizer.encode(text, add_special_tokens=True)][: self.max_length]
 
     def unload(self) -> None:
         """Drop the model (if it was shared with a chat model, that one stays loaded)."""

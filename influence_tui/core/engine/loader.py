@@ -1,8 +1,14 @@
 """Load a :class:`LocalModel` into memory: the causal LM and its tokenizer on a device, in a dtype.
 
-Anything transformers can build as a causal LM loads: a safetensors folder (one file or sharded) or a GGUF file
-(through transformers' ``gguf_file=``, which dequantizes the weights into the chosen dtype). The chat template
-comes with the tokenizer (``chat_template.jinja``, ``tokenizer_config.json`` or the GGUF metadata).
+Two runtimes (:func:`~influence_tui.core.engine.models.runtime_of` says which a model gets):
+
+* **native**: the llama family (llama, mistral, qwen2/3, qwen3_moe, gemma2/3, phi3) on our own model code
+  (:mod:`.models`), straight from a GGUF file (weights kept packed for the CPU kernels) or a safetensors
+  folder, with our tokenizer and chat-template rendering (:mod:`.tokenizer`): transformers is not imported;
+* **transformers**: any other causal LM through ``AutoModelForCausalLM`` (:mod:`.hf`), and a native model
+  whose file asks for what the native code does not compute, or that fails its self-check.
+
+Every load ends with a self-check (:mod:`.selfcheck`: one pass against prefill-then-decode through the cache).
 
 What is refused, each with a :class:`ModelFormatError` that says why and what to do instead:
 
@@ -18,13 +24,10 @@ This module imports torch; only the engine imports it, never a front end at star
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import gc
-import importlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,10 +145,10 @@ def device_name(device: torch.device) -> str:
 
 
 def describe_info(info: LoadedModelInfo) -> str:
-    """One line for front ends: ``Loaded SmolLM2-135M-Instruct (demo) on cpu (bfloat16) in 12.3 s``, or
-    ``(Q4_1 kept 4-bit, float32 activations)`` for a model whose weights stay quantized."""
+    """One line for front ends: ``Loaded Qwen2-0.5B on cpu (bfloat16; native runtime) in 1.3 s``, or
+    ``(Q4_1 kept 4-bit, float32 activations; native runtime)`` for a model whose weights stay quantized."""
     how = f"{info.quantization}, {info.dtype} activations" if info.quantization else info.dtype
-    return f"Loaded {info.name} on {info.device} ({how}) in {info.load_s:.1f} s"
+    return f"Loaded {info.name} on {info.device} ({how}; {info.runtime} runtime) in {info.load_s:.1f} s"
 
 
 @dataclass(eq=False)
@@ -153,9 +156,11 @@ class LoadedModel:
     """A model in memory, with what the engine chose for it. Owned by the engine thread; :meth:`unload` frees it."""
 
     model: Any
-    """The transformers causal LM, in eval mode (None once unloaded)."""
+    """The causal LM, in eval mode: a native :class:`~.models.base.CausalLM` or a transformers model (None
+    once unloaded)."""
     tokenizer: Any
-    """The transformers tokenizer, carrying the chat template (None once unloaded)."""
+    """The tokenizer, carrying the chat template: a :class:`~.tokenizer.NativeTokenizer` or transformers'
+    (None once unloaded)."""
     info: LoadedModelInfo
     local_model: LocalModel
     torch_device: torch.device = field(repr=False)
@@ -280,47 +285,6 @@ def check_generative(local_model: LocalModel) -> None:
 # ------------------------------------------------------------------------------------------ loading
 
 
-@contextlib.contextmanager
-def quiet_transformers(*, gguf: bool = False) -> Iterator[None]:
-    """No progress bars and no warnings on stderr while loading: a TUI owns the terminal.
-
-    transformers' GGUF reader draws its own tqdm bar, which its progress-bar switch does not reach; for a GGUF
-    load that bar is switched off for the duration (loads run on the engine thread only, one at a time).
-    """
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    gguf_module: Any = None
-    gguf_tqdm: Any = None
-    if gguf:
-        gguf_module = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
-        gguf_tqdm = getattr(gguf_module, "tqdm", None)
-        if gguf_tqdm is not None:
-            gguf_module.tqdm = functools.partial(gguf_tqdm, disable=True)
-    try:
-        yield
-    finally:
-        if gguf_tqdm is not None:
-            gguf_module.tqdm = gguf_tqdm
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-def source_args(local_model: LocalModel) -> tuple[str, dict[str, Any]]:
-    """The ``from_pretrained`` location and the keyword arguments every load passes: local files only, no
-    remote code, safetensors only for folders, ``gguf_file`` for GGUF."""
-    kwargs: dict[str, Any] = {"trust_remote_code": False, "local_files_only": True}
-    gguf = local_model.gguf_file
-    if gguf is not None:
-        kwargs["gguf_file"] = gguf.name
-        return str(gguf.parent), kwargs
-    return str(local_model.path), kwargs
-
-
 def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, torch.OutOfMemoryError | MemoryError):
         return True
@@ -409,13 +373,15 @@ def load_model(
     cache_dir: Path | None = None,
     on_status: Callable[[str], None] | None = None,
 ) -> LoadedModel:
-    """Load ``local_model`` as a causal LM (blocking: seconds to minutes). Refusals and failures are
-    :class:`InfluenceError`\\ s; see the module docstring.
+    """Load ``local_model`` as a causal LM (blocking: well under a second for a small native model, minutes
+    for a big transformers one). Refusals and failures are :class:`InfluenceError`\\ s; see the module docstring.
 
-    On CPU, a GGUF of a supported architecture keeps its quantized weights in memory and safetensors weights
-    are quantized with ``quantize="int8"|"int4"``; both are prepared once and cached under ``cache_dir``
-    (default: the user cache dir) so later loads take well under a second. ``quantize="none"`` always loads
-    floats through transformers. ``on_status`` gets one-time notes (building kernels, preparing a model).
+    A model of a native family (:func:`~.models.runtime_of`) is built by our own model code straight from its
+    file: a GGUF keeps its quantized weights packed on the CPU (dequantized to ``dtype`` floats on a GPU),
+    safetensors load as floats or, with ``quantize="int8"|"int4"`` on the CPU, quantized as they are read.
+    Anything else, and a native model that fails its self-check, loads through transformers. ``cache_dir``
+    (default: the user cache dir) keeps the self-check's verdicts; ``on_status`` gets one-time notes
+    (building kernels, a fallback).
     """
     check_loadable(local_model)
     check_generative(local_model)
@@ -424,34 +390,123 @@ def load_model(
     mode = quantize.strip().lower()
     if mode not in QUANTIZE_MODES:
         raise ConfigError(f"quantize {quantize!r} is not one of {', '.join(QUANTIZE_MODES)}")
-    from influence_tui.core.engine.quant.prepare import wants_packed
+    if local_model.gguf_file is not None and mode in ("int8", "int4"):
+        raise ModelFormatError(
+            f"{local_model.name} is a GGUF file, which keeps its own quantization",
+            hint="drop --quantize (or use --quantize none to load it as floats)",
+        )
+    if mode in ("int8", "int4") and torch_device.type != "cpu":
+        raise ConfigError(
+            f"quantize {mode} keeps weights packed for the CPU kernels, but the device is {device_name(torch_device)}",
+            hint="use --device cpu, or --quantize none on a GPU",
+        )
+    from influence_tui.core.engine.models import runtime_of
 
-    packed = wants_packed(local_model, mode)
-    if packed and torch_device.type != "cpu":
-        if mode != "auto":
-            raise ConfigError(
-                f"quantize {mode} keeps weights packed for the CPU kernels, but the device is {device_name(torch_device)}",
-                hint="use --device cpu, or --quantize none on a GPU",
-            )
-        packed = False  # a GGUF on a GPU: transformers dequantizes it into the GPU dtype
-    if packed:
-        loaded = _load_packed(local_model, mode, cache_dir, on_status, torch_device)
+    if runtime_of(local_model) == "native":
+        loaded = _load_native(
+            local_model,
+            mode,
+            torch_device=torch_device,
+            torch_dtype=torch_dtype,
+            cache_dir=cache_dir,
+            on_status=on_status,
+        )
         if loaded is not None:
             return loaded
-        # Neither the fused nor the plain packed modules agree with themselves: transformers' own floats.
-        mode = "none"
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    return _load_transformers(local_model, mode, torch_device, torch_dtype, cache_dir)
+
+
+def _load_native(
+    local_model: LocalModel,
+    mode: str,
+    *,
+    torch_device: torch.device,
+    torch_dtype: torch.dtype,
+    cache_dir: Path | None,
+    on_status: Callable[[str], None] | None,
+) -> LoadedModel | None:
+    """The native model, self-checked; None (after a warning) when the file asks for something the native
+    code does not compute or the check fails: the caller then loads it through transformers."""
+    from influence_tui.core.engine.models import load_native
+    from influence_tui.core.engine.quant import kernels
+    from influence_tui.core.engine.tokenizer import NativeTokenizer
 
     start = time.perf_counter()
-    location, kwargs = source_args(local_model)
+    gguf = local_model.gguf_file
+    # Packed GGUF weights compute in float32 on the CPU kernels; on a GPU the GGUF is dequantized to floats.
+    if gguf is not None and torch_device.type != "cpu":
+        mode = "none"
+    packed = (gguf is not None and mode == "auto") or mode in ("int8", "int4")
+    compute_dtype = torch.float32 if packed else torch_dtype
+    kernels.set_status_callback(on_status)
+    try:
+        if torch_device.type == "cpu":
+            kernels.load_kernels()
+        if gguf is not None:
+            tokenizer = NativeTokenizer.from_gguf(gguf)
+            model = load_native(gguf, gguf=True, quantize=mode, dtype=compute_dtype)
+        else:
+            tokenizer = NativeTokenizer.from_folder(local_model.path)
+            model = load_native(local_model.path, gguf=False, quantize=mode, dtype=compute_dtype)
+        if torch_device.type != "cpu":
+            model.to(torch_device)
+    except ModelFormatError as exc:
+        _warn(on_status, f"Note: {local_model.name}: {exc.message}; loading it through transformers instead.")
+        return None
+    except InfluenceError:
+        raise
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            release_memory(torch_device)
+            raise out_of_memory_error(local_model, torch_device, compute_dtype) from exc
+        if isinstance(exc, ValueError | KeyError | OSError | TypeError):
+            raise _format_error(local_model, exc) from exc
+        raise
+    finally:
+        kernels.set_status_callback(None)
+    extra = (mode, str(torch_device), str(compute_dtype), f"kernels={kernels.unavailable_reason() is None}")
+    verdict = _self_check(local_model, model, tokenizer, "native", cache_dir, extra=extra)
+    if not verdict.ok:
+        del model
+        release_memory(torch_device)
+        _warn(
+            on_status,
+            f"Warning: {local_model.name}: the native model disagrees with itself ({verdict.describe()}); "
+            "loading it through transformers instead (slower, more memory). Please report this.",
+        )
+        return None
+    return _loaded(
+        local_model,
+        model,
+        tokenizer,
+        torch_device=torch_device,
+        torch_dtype=compute_dtype,
+        mode=mode,
+        start=start,
+        quantization=_describe_packed(model, local_model) if packed else "",
+        runtime="native",
+    )
+
+
+def _describe_packed(model: Any, local_model: LocalModel) -> str:
+    """``Q4_1 kept 4-bit``, ``int8``...: how the packed weights sit in memory."""
+    kinds = model.packed_kinds()
+    main = max(kinds, key=lambda k: kinds[k]) if kinds else ""
+    if local_model.gguf_file is not None and local_model.quantization:
+        bits = {"q4": "4-bit", "q8": "8-bit", "f16": "16-bit", "bf16": "16-bit", "f32": "32-bit"}.get(main, main)
+        return f"{local_model.quantization} kept {bits}"
+    return {"q8": "int8", "q4": "int4"}.get(main, main)
+
+
+def _load_transformers(
+    local_model: LocalModel, mode: str, torch_device: torch.device, torch_dtype: torch.dtype, cache_dir: Path | None
+) -> LoadedModel:
+    from influence_tui.core.engine.hf import load_transformers
+
+    start = time.perf_counter()
     model: Any = None
     try:
-        with quiet_transformers(gguf=local_model.gguf_file is not None):
-            tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-            model_kwargs = dict(kwargs, dtype=torch_dtype, device_map={"": torch_device})
-            if local_model.gguf_file is None:
-                model_kwargs["use_safetensors"] = True
-            model = AutoModelForCausalLM.from_pretrained(location, **model_kwargs)
+        model, tokenizer = load_transformers(local_model, device=torch_device, dtype=torch_dtype, quantize=mode)
     except InfluenceError:
         raise
     except Exception as exc:
@@ -462,8 +517,7 @@ def load_model(
         if isinstance(exc, ValueError | KeyError | OSError | TypeError):
             raise _format_error(local_model, exc) from exc
         raise
-    model.eval()
-    model.requires_grad_(False)
+    packed = mode in ("int8", "int4")
     verdict = _self_check(
         local_model, model, tokenizer, "transformers", cache_dir, extra=(mode, str(torch_device), str(torch_dtype))
     )
@@ -476,10 +530,11 @@ def load_model(
         model,
         tokenizer,
         torch_device=torch_device,
-        torch_dtype=torch_dtype,
+        torch_dtype=torch.float32 if packed else torch_dtype,
         mode=mode,
         start=start,
-        quantization="",
+        quantization=mode if packed else "",
+        runtime="transformers",
     )
 
 
@@ -535,68 +590,6 @@ def _warn(on_status: Callable[[str], None] | None, message: str) -> None:
         logging.getLogger("influence_tui").warning(message)
 
 
-def _load_packed(
-    local_model: LocalModel,
-    mode: str,
-    cache_dir: Path | None,
-    on_status: Callable[[str], None] | None,
-    torch_device: torch.device,
-) -> LoadedModel | None:
-    """The packed (and where possible fused) model, self-checked; None when no packed form passes the check
-    (the caller falls back to transformers' float model)."""
-    from influence_tui.core.engine.quant import kernels
-    from influence_tui.core.engine.quant.prepare import load_prepared
-    from influence_tui.core.paths import default_cache_dir
-
-    start = time.perf_counter()
-    kernels.set_status_callback(on_status)
-    try:
-        kernels.load_kernels()
-        extra = (mode, f"kernels={kernels.unavailable_reason() is None}")
-        with quiet_transformers(gguf=local_model.gguf_file is not None):
-            prepared = load_prepared(local_model, mode, cache_dir or default_cache_dir(), on_status=on_status)
-            runtime = "packed+fused" if prepared.fused else "packed"
-            verdict = _self_check(local_model, prepared.model, prepared.tokenizer, runtime, cache_dir, extra=extra)
-            if not verdict.ok and prepared.fused:
-                _warn(
-                    on_status,
-                    f"Warning: {local_model.name}: the fused kernels disagree with a full pass under "
-                    f"{_versions_note()}; using the unfused modules (slower). `make install` installs the tested set.",
-                )
-                prepared = load_prepared(
-                    local_model, mode, cache_dir or default_cache_dir(), on_status=on_status, fuse=False
-                )
-                verdict = _self_check(local_model, prepared.model, prepared.tokenizer, "packed", cache_dir, extra=extra)
-            if not verdict.ok:
-                _warn(
-                    on_status,
-                    f"Warning: {local_model.name}: the packed weights disagree with a full pass under "
-                    f"{_versions_note()}; loading it through transformers as floats (slower, more memory).",
-                )
-                return None
-    except InfluenceError:
-        raise
-    except Exception as exc:
-        if is_out_of_memory(exc):
-            release_memory(torch_device)
-            raise out_of_memory_error(local_model, torch_device, torch.float32) from exc
-        if isinstance(exc, ValueError | KeyError | OSError | TypeError):
-            raise _format_error(local_model, exc) from exc
-        raise
-    finally:
-        kernels.set_status_callback(None)
-    return _loaded(
-        local_model,
-        prepared.model,
-        prepared.tokenizer,
-        torch_device=torch_device,
-        torch_dtype=torch.float32,
-        mode=mode,
-        start=start,
-        quantization=prepared.describe_weights(local_model),
-    )
-
-
 def _loaded(
     local_model: LocalModel,
     model: Any,
@@ -607,9 +600,10 @@ def _loaded(
     mode: str,
     start: float,
     quantization: str,
+    runtime: str,
 ) -> LoadedModel:
     config = model.config
-    parameters = _parameter_count(model)
+    parameters = model.parameter_count() if hasattr(model, "parameter_count") else _parameter_count(model)
     info = LoadedModelInfo(
         name=local_model.name,
         path=local_model.gguf_file or local_model.path,
@@ -622,6 +616,7 @@ def _loaded(
         has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
         eos_token_ids=eos_token_ids(model, tokenizer),
         quantization=quantization,
+        runtime=runtime,
     )
     return LoadedModel(
         model=model,

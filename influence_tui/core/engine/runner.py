@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from influence_tui.core.errors import InfluenceError
+from influence_tui.core.prompts import render_prompt
 from influence_tui.core.types import (
     ChatMessage,
     GenerationStats,
@@ -442,23 +443,15 @@ class EngineRunner:
     def apply_chat_template(
         self, messages: Sequence[ChatMessage | Mapping[str, str]], *, add_generation_prompt: bool = True
     ) -> list[int]:
-        """The prompt token ids for a conversation, through the model's chat template. A model without one
-        gets a plain ``Role: text`` transcript."""
+        """The prompt token ids for a conversation (:func:`~influence_tui.core.prompts.render_prompt`: the
+        model's chat template, or a plain transcript for a model without one)."""
         conversation = [
             {"role": m.role, "content": m.content} if isinstance(m, ChatMessage) else dict(m) for m in messages
         ]
 
-        def render(tokenizer: Any) -> list[int]:
-            if getattr(tokenizer, "chat_template", None):
-                text = tokenizer.apply_chat_template(
-                    conversation, add_generation_prompt=add_generation_prompt, tokenize=False
-                )
-            else:
-                text = plain_transcript(conversation, add_generation_prompt=add_generation_prompt)
-            # The template writes the special tokens (BOS included) itself.
-            return [int(i) for i in tokenizer.encode(text, add_special_tokens=False)]
-
-        return self._with_tokenizer(render)
+        return self._with_tokenizer(
+            lambda tokenizer: render_prompt(tokenizer, conversation, add_generation_prompt=add_generation_prompt)[1]
+        )
 
     def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
         return self._with_tokenizer(
@@ -507,15 +500,6 @@ class EngineRunner:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-def plain_transcript(messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True) -> str:
-    """A conversation as ``System: ...`` / ``User: ...`` / ``Assistant: ...`` lines, for models without a chat
-    template."""
-    lines = [f"{m.get('role', 'user').capitalize()}: {m.get('content', '')}" for m in messages]
-    if add_generation_prompt:
-        lines.append("Assistant:")
-    return "\n".join(lines)
 
 
 def _cancelled_event(prompt_tokens: int) -> TokenEvent:

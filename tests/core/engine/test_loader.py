@@ -7,6 +7,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -58,10 +59,36 @@ def test_loads_a_safetensors_folder(tiny_llama: Path) -> None:
     assert not loaded.model.training
     assert all(not p.requires_grad for p in loaded.model.parameters())
     assert next(loaded.model.parameters()).dtype == CPU_AUTO_DTYPE
-    assert loaded.describe() == f"Loaded tiny-llama on cpu ({info.dtype}) in {info.load_s:.1f} s"
+    assert info.runtime == "native"
+    assert loaded.describe() == f"Loaded tiny-llama on cpu ({info.dtype}; native runtime) in {info.load_s:.1f} s"
     assert loaded.tokenizer.apply_chat_template(
         [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
     ).endswith("<|im_start|>assistant\n")
+
+
+@pytest.mark.parametrize("quantize", ["auto", "int8"])
+def test_an_architecture_without_a_native_model_loads_through_transformers(tiny_gpt2: Path, quantize: str) -> None:
+    from influence_tui.core.engine.generate import generate_stream
+    from influence_tui.core.types import SamplingParams
+
+    loaded = load_model(_local(tiny_gpt2), device="cpu", quantize=quantize)
+    assert loaded.info.runtime == "transformers"
+    assert loaded.info.architecture == "gpt2"
+    assert type(loaded.model).__name__ == "GPT2LMHeadModel"
+    assert "transformers runtime" in loaded.describe()
+    assert loaded.info.quantization == ("int8" if quantize == "int8" else "")
+    ids = loaded.tokenizer.encode("Hello, how are you", add_special_tokens=False)
+    events = list(
+        generate_stream(
+            loaded.model,
+            loaded.tokenizer,
+            ids,
+            SamplingParams(temperature=0.0, max_tokens=6, repeat_penalty=1.0),
+            eos_token_ids=(),
+            context_length=loaded.info.context_length,
+        )
+    )
+    assert events[-1].stats is not None and events[-1].stats.generated_tokens == 6
 
 
 def test_explicit_cpu_float32(tiny_llama: Path) -> None:
@@ -110,7 +137,7 @@ def test_demo_gguf(demo_loaded: loader.LoadedModel) -> None:
     assert im_end in info.eos_token_ids
     assert info.quantization == "Q4_1 kept 4-bit" and info.dtype == "float32"
     assert demo_loaded.describe().startswith(
-        "Loaded SmolLM2-135M-Instruct (demo) on cpu (Q4_1 kept 4-bit, float32 activations) in "
+        "Loaded SmolLM2-135M-Instruct (demo) on cpu (Q4_1 kept 4-bit, float32 activations; native runtime) in "
     )
     print(demo_loaded.describe())
 
@@ -279,29 +306,43 @@ def test_refuses_split_gguf(tmp_path: Path) -> None:
         check_loadable(local)
 
 
-def test_out_of_memory_suggests_something_smaller(tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("runtime", ["native", "transformers"])
+def test_out_of_memory_suggests_something_smaller(
+    tiny_llama: Path, tiny_gpt2: Path, monkeypatch: pytest.MonkeyPatch, runtime: str
+) -> None:
     import transformers
 
-    def no_memory(*args: object, **kwargs: object) -> None:
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    from influence_tui.core.engine.weights import safetensors as native_safetensors
 
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_memory)
+    def failing(error: BaseException) -> Any:
+        def load(*args: object, **kwargs: object) -> None:
+            raise error
+
+        return load
+
+    def patch(error: BaseException) -> None:
+        if runtime == "native":
+            monkeypatch.setattr(native_safetensors, "load_safetensors_model", failing(error))
+        else:
+            monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", failing(error))
+
+    model = _local(tiny_llama if runtime == "native" else tiny_gpt2)
+    patch(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     with pytest.raises(InfluenceError) as caught:
-        load_model(_local(tiny_llama), dtype="float32")
+        load_model(model, dtype="float32")
     assert "not enough memory" in str(caught.value)
     assert "float16 or bfloat16" in str(caught.value)
 
-    def cpu_no_memory(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory")
-
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", cpu_no_memory)
+    patch(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory"))
     with pytest.raises(InfluenceError) as caught:
-        load_model(_local(tiny_llama), dtype="bfloat16")
+        load_model(model, dtype="bfloat16")
     assert not isinstance(caught.value, ModelFormatError)
     assert "smaller quantization" in str(caught.value)
 
 
-def test_never_trusts_remote_code_or_reads_pickles(tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_never_trusts_remote_code_or_reads_pickles(
+    tiny_llama: Path, tiny_gpt2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import transformers
 
     seen: dict[str, object] = {}
@@ -312,9 +353,12 @@ def test_never_trusts_remote_code_or_reads_pickles(tiny_llama: Path, monkeypatch
         return real(*args, **kwargs)
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
-    # A stray pickle next to the safetensors is never read.
-    shutil.copy(tiny_llama / "config.json", tiny_llama / "pytorch_model.bin")
-    load_model(_local(tiny_llama))
+    gpt2 = Path(shutil.copytree(tiny_gpt2, tmp_path / "gpt2"))  # the transformers runtime
+    for folder in (gpt2, tiny_llama):
+        # A stray pickle next to the safetensors is never read (here it is not even a pickle).
+        shutil.copy(folder / "config.json", folder / "pytorch_model.bin")
+    load_model(_local(gpt2))
     assert seen["trust_remote_code"] is False
     assert seen["use_safetensors"] is True
     assert seen["local_files_only"] is True
+    assert load_model(_local(tiny_llama)).info.runtime == "native"  # reads *.safetensors only

@@ -1,5 +1,4 @@
-"""The KV cache that grows in place and the prompt cache across requests: the same logits as transformers'
-``DynamicCache``, crops, which cache a model gets, the prompt cache's slots; and through ``generate_stream``,
+"""The KV caches and the prompt cache across requests: crops, which cache a model gets, the prompt cache's slots; and through ``generate_stream``,
 the engine runner and the server, a follow-up request reuses the cached prefix and answers exactly as a cold
 one (greedy), also after a cancelled, abandoned or failed request."""
 
@@ -16,22 +15,14 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from influence_tui.core.engine.generate import generate_stream
-from influence_tui.core.engine.kvcache import (
-    CHUNK,
-    CachedSequence,
-    GrowingCache,
-    GrowingLayer,
-    PromptCache,
-    common_prefix,
-    new_cache,
-    plain_attention,
-)
+from influence_tui.core.engine.kvcache import CachedSequence, PromptCache, common_prefix, new_cache
+from influence_tui.core.engine.models.cache import KVCache
 from influence_tui.core.types import ChatMessage, GenerationStats, SamplingParams, TokenEvent
 
 GREEDY = SamplingParams(temperature=0.0, repeat_penalty=1.0, max_tokens=12)
 
 
-# ------------------------------------------------------------------------------------------ GrowingCache
+# ------------------------------------------------------------------------------------------ caches
 
 
 @pytest.fixture(scope="module")
@@ -77,86 +68,32 @@ def _close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-5) -> bool:
     return float((a - b).abs().max()) <= rel * max(1.0, float(b.abs().max()))
 
 
-def _compare_caches(model: Any, prefill: int, steps: int) -> GrowingCache:
-    ids = _random_ids(prefill + steps, seed=prefill)
-    growing, dynamic = GrowingCache(), DynamicCache()
-    assert _close(_run(model, growing, ids[:prefill], 0), _run(model, dynamic, ids[:prefill], 0))
-    assert growing.layers[0]._key_buffer.shape[2] == -(-prefill // CHUNK) * CHUNK
-    assert _close(_decode(model, growing, ids[prefill:], prefill), _decode(model, dynamic, ids[prefill:], prefill))
-    assert growing.get_seq_length() == dynamic.get_seq_length() == prefill + steps
-    for layer, reference in zip(growing.layers, dynamic.layers, strict=True):
-        assert torch.equal(layer.keys, reference.keys) and torch.equal(layer.values, reference.values)
-    return growing
+def test_a_transformers_cache_is_reused_only_when_nothing_needs_cropping(long_llama: Any) -> None:
+    """What ``DynamicCache.crop``'s argument means changed between transformers versions: never call it."""
+    ids = _random_ids(60)
+    cache = PromptCache()
+    entry, reused = cache.take(long_llama, ids[:40])
+    assert reused == 0 and type(entry.cache) is DynamicCache
+    _run(long_llama, entry.cache, ids[:40], 0)
+    entry.tokens = ids[:40]
+    cache.give_back(entry)
+    again, reused = cache.take(long_llama, ids[:50])  # continues all 40: reused as it is
+    assert again is entry and reused == 40
+    continued = _run(long_llama, again.cache, ids[40:50], 40)
+    assert _close(continued, _run(long_llama, new_cache(long_llama), ids[:50], 0)[40:], 1e-4)
+    again.tokens = ids[:50]
+    cache.give_back(again)
+    other, reused = cache.take(long_llama, [*ids[:30], 7, 7])  # would need a crop to 30: a fresh cache
+    assert reused == 0 and other is not again and other.cache.get_seq_length() == 0
 
 
-def test_the_growing_cache_grows_past_a_chunk_like_dynamic_cache(long_llama: Any) -> None:
-    growing = _compare_caches(long_llama, 250, 12)
-    assert growing.layers[0]._key_buffer.shape[2] == 2 * CHUNK
+def test_new_cache_is_the_models_own_or_transformers() -> None:
+    native = SimpleNamespace(new_cache=lambda: KVCache([None, 4]))
+    assert isinstance(new_cache(native), KVCache)
+    from transformers import MistralConfig
 
-
-@pytest.mark.slow
-def test_the_growing_cache_computes_what_dynamic_cache_does(long_llama: Any) -> None:
-    # 300 decode steps (3 to 10 s here) cross the first growth at 256 positions
-    growing = _compare_caches(long_llama, 20, 300)
-    assert growing.get_seq_length() == 320
-    for layer in growing.layers:
-        assert isinstance(layer, GrowingLayer)
-        assert layer._key_buffer.shape[2] == 2 * CHUNK  # grown once, in a chunk
-    # 2 layers x keys and values x [1 batch, 2 heads, 512 positions, 16 dims] x 4 bytes
-    assert growing.nbytes == 2 * 2 * (2 * 512 * 16) * 4
-
-
-@pytest.mark.parametrize(("filled", "keep"), [(40, 25), (280, 100), (300, 260), (10, 0)])
-def test_crop_then_continue_equals_a_fresh_run(long_llama: Any, filled: int, keep: int) -> None:
-    ids = _random_ids(400, seed=filled)
-    fresh = _run(long_llama, GrowingCache(), ids[: keep + 30], 0)
-    cache = GrowingCache()
-    _run(long_llama, cache, ids[:filled], 0)
-    cache.crop(keep)
-    assert cache.get_seq_length() == keep
-    continued = torch.cat(
-        [
-            _run(long_llama, cache, ids[keep : keep + 27], keep),
-            _decode(long_llama, cache, ids[keep + 27 : keep + 30], keep + 27),
-        ]
-    )
-    assert _close(continued, fresh[keep:], 1e-4)
-    assert cache.get_seq_length() == keep + 30
-
-
-def test_crop_details() -> None:
-    cache = GrowingCache()
-    cache.crop(5)  # nothing cached yet: nothing to do
-    k = torch.arange(2 * 10 * 3, dtype=torch.float32).reshape(1, 2, 10, 3)
-    cache.update(k, k + 1, 0)
-    cache.crop(20)  # longer than what is there: nothing to do
-    assert cache.get_seq_length() == 10
-    cache.crop(4)
-    layer = cache.layers[0]
-    assert torch.equal(layer.keys, k[:, :, :4]) and torch.equal(layer.values, k[:, :, :4] + 1)
-    with pytest.raises(ValueError, match="negative number"):
-        layer.crop(2)
-    layer.crop(0)
-    assert cache.get_seq_length() == 4
-    keys, values = cache.update(-k[:, :, :1], k[:, :, :1], 0)  # writes over what the crop dropped
-    assert keys.shape[2] == values.shape[2] == 5 and torch.equal(keys[:, :, 4], -k[:, :, 0])
-    cache.reset()
-    assert cache.get_seq_length() == 0 and cache.nbytes == 0
-    assert cache.update(k, k, 0)[0].shape[2] == 10  # usable again after a reset
-
-
-def test_plain_attention_and_new_cache() -> None:
-    from transformers import LlamaConfig, MistralConfig
-
-    plain = LlamaConfig(num_hidden_layers=2)
-    assert plain_attention(plain)
-    assert isinstance(new_cache(SimpleNamespace(config=plain)), GrowingCache)
     sliding = MistralConfig(num_hidden_layers=2, sliding_window=4096)
-    assert not plain_attention(sliding)
     assert type(new_cache(SimpleNamespace(config=sliding))) is DynamicCache
-    assert plain_attention(SimpleNamespace(sliding_window=4096, use_sliding_window=False))
-    assert not plain_attention(SimpleNamespace(layer_types=["full_attention", "sliding_attention"]))
-    assert not plain_attention(SimpleNamespace(text_config=SimpleNamespace(layer_types=["linear_attention"])))
     assert type(new_cache(object())) is DynamicCache  # no config: transformers' own
 
 
@@ -169,7 +106,7 @@ def test_common_prefix() -> None:
 
 # ------------------------------------------------------------------------------------------ PromptCache
 
-PLAIN_MODEL = SimpleNamespace(config=SimpleNamespace())  # new_cache gives it a GrowingCache
+PLAIN_MODEL = SimpleNamespace(new_cache=lambda: KVCache([None]))  # a model with its own (native) cache
 
 
 def _serve(cache: PromptCache, prompt: list[int], extra: int = 0) -> int:
@@ -226,8 +163,8 @@ def test_no_slots_keep_nothing_and_an_entry_out_of_step_is_dropped() -> None:
     other = PromptCache()
     other.give_back(CachedSequence(SimpleNamespace(get_seq_length=lambda: 2), [1, 2]))  # not a cache it can crop
     assert len(other) == 1
-    entry, reused = other.take(PLAIN_MODEL, [1, 2, 3])
-    assert reused == 0 and isinstance(entry.cache, GrowingCache)
+    entry, reused = other.take(PLAIN_MODEL, [1, 9, 3])  # a crop to 1 would be needed: a fresh cache instead
+    assert reused == 0 and isinstance(entry.cache, KVCache)
 
 
 # ------------------------------------------------------------------------------------------ generate_stream
@@ -235,10 +172,12 @@ def test_no_slots_keep_nothing_and_an_entry_out_of_step_is_dropped() -> None:
 
 @pytest.fixture(scope="module")
 def tiny(tiny_llama_template: Path) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The tiny llama on the native runtime (whose cache the prompt cache crops), transformers' tokenizer."""
+    from transformers import AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama_template, dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(tiny_llama_template)
+    from influence_tui.core.engine.models import load_native
+
+    return load_native(tiny_llama_template, gguf=False), AutoTokenizer.from_pretrained(tiny_llama_template)
 
 
 def _generate(
@@ -368,6 +307,7 @@ class FailingModel(torch.nn.Module):
         super().__init__()
         self.model = model
         self.config = model.config
+        self.new_cache = model.new_cache
         self.fail_at = fail_at
         self.after = after
         self.calls = 0

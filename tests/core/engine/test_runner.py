@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from influence_tui.core.engine.runner import EngineRunner, TokenStream, plain_transcript
+from influence_tui.core.engine.runner import EngineRunner, TokenStream
 from influence_tui.core.errors import InfluenceError
 from influence_tui.core.library import inspect_path
 from influence_tui.core.types import ChatMessage, GenerationStats, LocalModel, SamplingParams, TokenEvent
@@ -241,7 +241,7 @@ def test_loading_another_model_releases_the_first(runner: EngineRunner, tmp_path
     first_ref = runner.with_model(lambda loaded: weakref.ref(loaded.model))
     first_info = runner.info
     assert first_info is not None
-    assert runner.describe() == f"Loaded tiny-llama on cpu (float32) in {first_info.load_s:.1f} s"
+    assert runner.describe() == f"Loaded tiny-llama on cpu (float32; native runtime) in {first_info.load_s:.1f} s"
 
     other = _local(build_tiny_llama(tmp_path / "other", seed=1))
     info = runner.load(other, dtype="float32")
@@ -325,12 +325,6 @@ def test_prompt_building_does_not_wait_for_a_generation(runner: EngineRunner) ->
     assert result and result[0] > 0
     script.release.set()
     assert stream.text() == "1:0 "
-
-
-def test_plain_transcript_for_models_without_a_template() -> None:
-    text = plain_transcript([{"role": "system", "content": "S"}, {"role": "user", "content": "U"}])
-    assert text == "System: S\nUser: U\nAssistant:"
-    assert plain_transcript([{"role": "user", "content": "U"}], add_generation_prompt=False) == "User: U"
 
 
 # ------------------------------------------------------------------------------------------ closing

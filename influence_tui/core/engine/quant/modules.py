@@ -1,10 +1,11 @@
-"""Modules that keep packed weights, swapped into a transformers model in place of its linears and embedding.
+"""Modules that keep packed weights: :class:`PackedLinear` and :class:`PackedEmbedding`.
 
-The model definition stays transformers': :func:`build_packed_model` builds the architecture from its config
-with empty weights, replaces every ``nn.Linear`` (and the token embedding) whose weight is a
-:class:`PackedWeight` by a :class:`PackedLinear` (:class:`PackedEmbedding`), and assigns the other tensors
-(norms, biases) as they are. A tied LM head shares the embedding's packed matrix, as it shares the weight in
-the float model. The rest of the model computes in float32.
+The native models (:mod:`~influence_tui.core.engine.models`) are built from them directly. For the transformers
+runtime's ``--quantize int8|int4`` (an architecture with no native model), :func:`build_packed_model` builds the
+architecture from its config with empty weights, replaces every ``nn.Linear`` (and the token embedding) whose
+weight is a :class:`PackedWeight` by a :class:`PackedLinear` (:class:`PackedEmbedding`), and assigns the other
+tensors (norms, biases) as they are: a module swap through public API only. A tied LM head shares the
+embedding's packed matrix, as it shares the weight in the float model. The rest of the model computes in float32.
 """
 
 from __future__ import annotations

@@ -1,0 +1,143 @@
+"""The native models' KV cache: per-layer buffers grown in chunks, written in place, read as views.
+
+Each :class:`LayerCache` keeps keys and values in buffers ``[batch, kv_heads, capacity, head_dim]`` grown by
+:data:`CHUNK` positions when full, so a decode step copies one position per layer and never concatenates.
+``keys`` / ``values`` are views of the first ``length`` positions; :meth:`KVCache.crop` only moves the length.
+
+Sliding-window layers keep every position too (their attention reads the last ``window`` of them), so a cache
+can be cropped back to any prefix, as :class:`~influence_tui.core.engine.kvcache.PromptCache` does; with
+``trim_sliding=True`` they keep only about ``window + CHUNK`` positions (bounded memory for long chats), and a
+crop to before what they still hold is a :class:`ValueError`.
+
+The interface is the one the native models and the generation loop use: ``update(keys, values, layer)``
+returns the layer's whole keys and values (transformers' caches answer the same call), ``get_seq_length()``,
+``crop(max_length)``, ``nbytes``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+CHUNK = 256
+"""Positions a layer's buffer grows by when it is full."""
+
+
+class LayerCache:
+    """One layer's keys and values (see the module docstring)."""
+
+    __slots__ = ("_keys", "_values", "keys", "length", "start", "trim", "values", "window")
+
+    def __init__(self, window: int | None = None, *, trim: bool = False) -> None:
+        self.window = window
+        """The layer's sliding window (None: it attends to every position)."""
+        self.trim = trim and window is not None
+        self.start = 0
+        """Position of the first kept entry (above 0 only in a trimmed sliding layer)."""
+        self.length = 0
+        """Positions seen, ``start`` included: what ``get_seq_length`` reports."""
+        self._keys: torch.Tensor | None = None
+        self._values: torch.Tensor | None = None
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append ``keys`` / ``values`` ``[B, KV, T, D]``; return every kept position's keys and values."""
+        t = keys.shape[2]
+        if self._keys is None or self._values is None:
+            capacity = -(-t // CHUNK) * CHUNK
+            shape = (keys.shape[0], keys.shape[1], capacity, keys.shape[3])
+            self._keys = keys.new_empty(shape)
+            self._values = values.new_empty(shape)
+        used = self.length - self.start
+        end = used + t
+        if end > self._keys.shape[2]:
+            self._make_room(end)
+            used = self.length - self.start
+            end = used + t
+        k_buf, v_buf = self._keys, self._values
+        assert k_buf is not None and v_buf is not None
+        k_buf.narrow(2, used, t).copy_(keys)
+        v_buf.narrow(2, used, t).copy_(values)
+        self.length += t
+        self.keys = k = k_buf.narrow(2, 0, end)
+        self.values = v = v_buf.narrow(2, 0, end)
+        return k, v
+
+    def _make_room(self, needed: int) -> None:
+        assert self._keys is not None and self._values is not None
+        used = self.length - self.start
+        if self.trim and self.window is not None:
+            drop = max(0, used - (self.window - 1))  # keep the window - 1 positions the next query still sees
+            if drop and needed - drop <= self._keys.shape[2]:
+                for buf in (self._keys, self._values):
+                    buf[:, :, : used - drop].copy_(buf[:, :, drop:used].clone())
+                self.start += drop
+                return
+        capacity = -(-needed // CHUNK) * CHUNK
+        for name in ("_keys", "_values"):
+            old: torch.Tensor = getattr(self, name)
+            new = old.new_empty((*old.shape[:2], capacity, old.shape[3]))
+            new[:, :, :used].copy_(old[:, :, :used])
+            setattr(self, name, new)
+
+    def crop(self, max_length: int) -> None:
+        """Keep the first ``max_length`` positions."""
+        if max_length >= self.length:
+            return
+        if max_length <= 0:
+            self.start = 0
+        elif self.start and max_length - ((self.window or 1) - 1) < self.start:
+            raise ValueError(
+                f"this sliding-window layer keeps positions from {self.start} on; it cannot be cropped to {max_length}"
+            )
+        self.length = max(0, max_length)
+        kept = self.length - self.start
+        if self._keys is not None and self._values is not None:
+            self.keys = self._keys[:, :, :kept]
+            self.values = self._values[:, :, :kept]
+
+    @property
+    def nbytes(self) -> int:
+        if self._keys is None:
+            return 0
+        return 2 * self._keys.numel() * self._keys.element_size()
+
+
+class KVCache:
+    """The KV cache of one native model's layers (see the module docstring)."""
+
+    crops_to_length = True
+    """``crop(n)`` keeps the first ``n`` positions (the prompt cache crops only caches that say so)."""
+
+    def __init__(self, windows: Sequence[int | None], *, trim_sliding: bool = False) -> None:
+        self.layers = [LayerCache(w, trim=trim_sliding) for w in windows]
+
+    def update(
+        self, keys: torch.Tensor, values: torch.Tensor, layer: int, *_args: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.layers[layer].update(keys, values)
+
+    def get_seq_length(self, layer: int = 0) -> int:
+        return self.layers[layer].length if self.layers else 0
+
+    def crop(self, max_length: int) -> None:
+        """Keep the first ``max_length`` positions of every layer (a negative value counts from the end, as in
+        transformers' caches)."""
+        if max_length < 0:
+            max_length = max(0, self.get_seq_length() + max_length)
+        for layer in self.layers:
+            layer.crop(max_length)
+
+    def reset(self) -> None:
+        """Empty every layer (the buffers are kept for the next sequence)."""
+        for layer in self.layers:
+            layer.crop(0)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(layer.nbytes for layer in self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
