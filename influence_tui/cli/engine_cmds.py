@@ -11,30 +11,51 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from influence_tui.cli.common import EXIT_INTERRUPTED, EXIT_OK, console, settings_from
-from influence_tui.core.errors import InfluenceError
+from influence_tui.core.errors import InfluenceError, RemoteError
 
 if TYPE_CHECKING:
     from influence_tui.cli import AddCommand
+    from influence_tui.core.chat import ChatEngine
     from influence_tui.core.config import Settings
-    from influence_tui.core.engine.runner import EngineRunner, TokenStream
+    from influence_tui.core.engine.runner import TokenStream
+    from influence_tui.core.remotes import RemoteModel
     from influence_tui.core.types import LocalModel, SamplingParams
 
 
 # ---------------------------------------------------------------------------------------- shared
 
 
-def _resolve_model(settings: Settings) -> LocalModel:
+def _resolve_model(settings: Settings, name: str | None = None) -> LocalModel | RemoteModel:
+    """The model named (by ``--model`` unless ``name``): ``MODEL@REMOTE``, a library name or a path."""
     from influence_tui.core.library import Library
+    from influence_tui.core.remotes import resolve_model
 
-    library = Library(settings)
-    return library.resolve(settings.model) if settings.model else library.default()
+    return resolve_model(Library(settings), name or settings.model)
 
 
-def _start_engine(settings: Settings, quiet: bool = False) -> tuple[EngineRunner, LocalModel]:
-    """Resolve the model, load it on the engine thread and say what was chosen (on stderr)."""
+def _start_engine(
+    settings: Settings, quiet: bool = False, name: str | None = None
+) -> tuple[ChatEngine, LocalModel | RemoteModel]:
+    """Resolve the model, load it on the engine thread (or connect to its remote) and say what was chosen (on
+    stderr)."""
     from influence_tui.core.engine.runner import EngineRunner
+    from influence_tui.core.remotes import RemoteModel
 
-    local = _resolve_model(settings)
+    local = _resolve_model(settings, name)
+    if isinstance(local, RemoteModel):
+        from influence_tui.core.engine.remote import RemoteEngine
+
+        if not quiet:
+            print(f"Connecting to {local.name} at {local.remote.url} …", file=sys.stderr, flush=True)
+        remote = RemoteEngine(local)
+        try:
+            remote.load()
+        except BaseException:
+            remote.close()
+            raise
+        if not quiet:
+            print(remote.describe(), file=sys.stderr, flush=True)
+        return remote, local
     if not quiet:
         print(f"Loading {local.name} …", file=sys.stderr, flush=True)
     runner = EngineRunner()
@@ -77,7 +98,8 @@ def print_reply(stream: TokenStream, *, markdown: bool) -> tuple[str, bool]:
     """Print a reply as it streams; Ctrl+C cancels the reply, not the program. Returns (text, interrupted).
 
     On a terminal with ``markdown`` the text is a live Markdown render refreshed a few times a second;
-    otherwise each piece is written as it comes (scripts and pipes).
+    otherwise each piece is written as it comes (scripts and pipes). An error while the reply streams (a
+    remote that breaks off) is raised with the text so far in its ``partial_text``.
     """
     parts: list[str] = []
     try:
@@ -95,6 +117,10 @@ def print_reply(stream: TokenStream, *, markdown: bool) -> tuple[str, bool]:
                 sys.stdout.write(piece)
                 sys.stdout.flush()
         return "".join(parts), False
+    except InfluenceError as exc:
+        if isinstance(exc, RemoteError):
+            exc.partial_text = "".join(parts)
+        raise
     except KeyboardInterrupt:
         stream.cancel()
         parts.extend(_pieces(stream))  # drain to the final event: the engine is free and the stats known
@@ -105,6 +131,8 @@ def print_reply(stream: TokenStream, *, markdown: bool) -> tuple[str, bool]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from influence_tui.core.chat import is_remote
+
     settings = settings_from(args)
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if not prompt.strip():
@@ -112,7 +140,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     params = _params(settings, args)
     runner, _local = _start_engine(settings, quiet=not args.verbose and not sys.stderr.isatty())
     try:
-        if args.raw:
+        stream: TokenStream
+        if args.raw and is_remote(runner):
+            stream = runner.start_completion(prompt, params, threading.Event())
+        elif args.raw and not is_remote(runner):
             stream = runner.submit(runner.encode(prompt, add_special_tokens=True), params, threading.Event())
         else:
             from influence_tui.core.chat import start_reply
@@ -125,10 +156,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 print(f"warning: {reply.plan.warning}", file=sys.stderr)
             stream = reply.stream
         markdown = sys.stdout.isatty() and not args.plain
-        _text, interrupted = print_reply(stream, markdown=markdown)
-        if not markdown:
-            sys.stdout.write("\n")
-            sys.stdout.flush()
+        try:
+            _text, interrupted = print_reply(stream, markdown=markdown)
+        finally:
+            if not markdown:
+                sys.stdout.write("\n")
+                sys.stdout.flush()
         if args.verbose and stream.stats is not None:
             from influence_tui.core.slash import format_stats
 
@@ -165,16 +198,19 @@ def _read_message(prompt: str) -> str | None:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     from influence_tui.core import slash
-    from influence_tui.core.chat import finish_reply, start_reply
+    from influence_tui.core.chat import finish_reply, is_remote, start_reply
     from influence_tui.core.sessions import ChatSession, SessionStore, load_session
 
     settings = settings_from(args)
     params = _params(settings, args)
+    reopen: str | None = None
     if args.session:
         session = load_session(Path(args.session), defaults=params)
         if args.system:
             session.set_system_prompt(args.system)
-    runner, local = _start_engine(settings)
+        if not args.model:
+            reopen = session.model  # a chat with a remote model continues with it
+    runner, local = _start_engine(settings, name=_remote_name(reopen))
     try:
         if not args.session:
             session = ChatSession.from_settings(settings, model=local.name, system_prompt=args.system)
@@ -183,9 +219,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
         interactive = sys.stdin.isatty()
         if interactive:
             print(_CHAT_BANNER.format(name=local.name))
+            if is_remote(runner):
+                print(f"Your messages are sent to {runner.model.host}: this chat leaves this machine.")
             if session.messages:
                 print(f"Resumed {len(session.messages)} messages from {args.session}.")
         prompt = ">>> " if interactive else ""
+        warned: set[str] = set()
         while True:
             try:
                 line = _read_message(prompt)
@@ -213,11 +252,21 @@ def cmd_chat(args: argparse.Namespace) -> int:
             except InfluenceError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 continue
-            if reply.plan.warning:
+            if reply.plan.warning and reply.plan.warning not in warned:
+                warned.add(reply.plan.warning)
                 print(f"warning: {reply.plan.warning}", file=sys.stderr)
             if reply.plan.dropped_notice:
                 print(reply.plan.dropped_notice, file=sys.stderr)
-            text, interrupted = print_reply(reply.stream, markdown=False)
+            try:
+                text, interrupted = print_reply(reply.stream, markdown=False)
+            except RemoteError as exc:
+                if not exc.partial_text:
+                    print(f"error: {exc}", file=sys.stderr)
+                    continue
+                print("\n[interrupted]")
+                print(f"error: {exc}", file=sys.stderr)
+                finish_reply(session, exc.partial_text, None, store)
+                continue
             print("\n[stopped]" if interrupted else "")
             finish_reply(session, text, reply.stream.stats, store)
     finally:
@@ -226,6 +275,15 @@ def cmd_chat(args: argparse.Namespace) -> int:
             path = session.save(Path(args.save_on_exit), overwrite=True)
             print(f"Saved the conversation to {path}", file=sys.stderr)
     return EXIT_OK
+
+
+def _remote_name(name: str | None) -> str | None:
+    """``name`` when it names a model of a configured remote (a saved chat's model), else None."""
+    if name is None:
+        return None
+    from influence_tui.core.remotes import load_remotes, split_model_ref
+
+    return name if split_model_ref(name, load_remotes()) is not None else None
 
 
 # ---------------------------------------------------------------------------------------- embed
@@ -240,7 +298,13 @@ def cmd_embed(args: argparse.Namespace) -> int:
         texts = [line for line in sys.stdin.read().splitlines() if line.strip()]
     if not texts:
         raise InfluenceError("nothing to embed", hint="give one or more TEXT arguments, or - to read lines from stdin")
+    from influence_tui.core.remotes import RemoteModel
+
     local = _resolve_model(settings)
+    if isinstance(local, RemoteModel):
+        raise InfluenceError(
+            f"{local.name} is a remote model: embeddings are made here only", hint="give a local model with --model"
+        )
     embedder = Embedder.load(local, device=settings.device, device_index=settings.device_index, dtype=settings.dtype)
     vectors = embedder.embed(texts)
     data = {
@@ -257,7 +321,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "-m", "--model", metavar="NAME|PATH", help="model from `influence list`, or a path (default: the demo model)"
+        "-m",
+        "--model",
+        metavar="NAME|PATH",
+        help="model from `influence list` (MODEL@REMOTE for a remote's), or a path (default: the demo model)",
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="where to run (default: auto)")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), help="weights dtype (default: auto)")

@@ -16,9 +16,17 @@ if TYPE_CHECKING:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    models: list[LocalModel] = library_from(args).models()
+    from influence_tui.core.remotes import list_remotes, load_remotes
+
+    models: list[LocalModel] = library_from(args).models() if not args.remote else []
+    remotes = load_remotes() if not args.local else {}
+    listings = list_remotes(remotes.values())  # in parallel, a few seconds at most each
+    remote_models = [model for listing in listings for model in listing.models]
     if args.json:
-        print_json([m.to_dict() for m in models])
+        print_json([m.to_dict() for m in models] + [m.to_dict() for m in remote_models])
+        for listing in listings:
+            if listing.error:
+                print(f"warning: {listing.error}", file=sys.stderr)
         return EXIT_OK
     from rich import box
     from rich.table import Table
@@ -27,8 +35,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     from influence_tui.core.types import SOURCE_LABELS
 
     out = console()
-    if not models:
-        out.print("No models yet. `influence import PATH` adds a GGUF file or model folder.")
+    if not models and not listings:
+        if args.remote:
+            out.print("No remotes yet. `influence remote add NAME URL` adds one.")
+        else:
+            out.print("No models yet. `influence import PATH` adds a GGUF file or model folder.")
         return EXIT_OK
     table = Table(box=box.SIMPLE_HEAD if out.is_terminal else None, pad_edge=False)
     for column, justify in (
@@ -55,14 +66,36 @@ def cmd_list(args: argparse.Namespace) -> int:
             human_size(m.size_bytes),
             source,
         )
-    out.print(table)
+    for r in remote_models:  # names and details come from the remote: Text, never markup
+        table.add_row(
+            Text(r.name),
+            Text(r.format_label),
+            Text(r.family or "-"),
+            Text(r.parameters or "-"),
+            str(r.context_length) if r.context_length else "-",
+            human_size(r.size_bytes) if r.size_bytes else "-",
+            Text(f"remote {r.host}"),
+        )
+    if models or remote_models:
+        out.print(table)
     for m in models:
         for problem in m.problems:
             out.print(Text.assemble(("! ", "bold red"), (m.name, "bold"), f": {problem}"))
+    for listing in listings:
+        if listing.error:
+            out.print(
+                Text.assemble(("! ", "bold red"), (f"@{listing.remote.name}", "bold"), f" unreachable: {listing.error}")
+            )
+        elif not listing.models:
+            out.print(Text(f"@{listing.remote.name} ({listing.remote.host}) serves no models"))
     return EXIT_OK
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from influence_tui.core.remotes import load_remotes, split_model_ref
+
+    if split_model_ref(args.name, load_remotes()) is not None:
+        return _show_remote(args)
     model: LocalModel = library_from(args).resolve(args.name)
     if args.json:
         print_json(model.to_dict())
@@ -101,6 +134,38 @@ def cmd_show(args: argparse.Namespace) -> int:
     for problem in model.problems:
         grid.add_row(Text("problem", style="bold red"), Text(problem))
     out.print(grid)
+    return EXIT_OK
+
+
+def _show_remote(args: argparse.Namespace) -> int:
+    from influence_tui.core.engine.remote import RemoteEngine
+    from influence_tui.core.remotes import RemoteCatalog
+
+    found = RemoteCatalog().model(args.name)
+    assert found is not None
+    with RemoteEngine(found) as engine:
+        info = engine.load()
+        model = engine.model
+    if args.json:
+        print_json(model.to_dict())
+        return EXIT_OK
+    rows = [
+        ("name", model.name),
+        ("remote", f"{model.remote.name} ({model.remote.kind} API at {model.remote.api_base})"),
+        ("model", model.model_id),
+        ("context length", str(info.context_length or "unknown")),
+        ("api key", model.remote.key_status()),
+        ("privacy", f"chats with it are sent to {model.host}"),
+    ]
+    from rich.table import Table
+    from rich.text import Text
+
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    for key, value in rows:
+        grid.add_row(key, Text(value))
+    console().print(grid)
     return EXIT_OK
 
 
@@ -215,8 +280,11 @@ def cmd_tui(args: argparse.Namespace) -> int:
 
 
 def register(add: AddCommand) -> None:
-    p = add("list", cmd_list, "list the models on disk", aliases=["ls"])
+    p = add("list", cmd_list, "list the models on disk and those of the remotes", aliases=["ls"])
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--remote", action="store_true", help="only the remotes' models (MODEL@REMOTE)")
+    where.add_argument("--local", action="store_true", help="only the models on this machine (no network)")
 
     p = add("show", cmd_show, "show everything known about one model")
     p.add_argument("name", metavar="NAME", help="a model name (or a unique part of one) or a path")

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,7 @@ from influence_tui.core.errors import InfluenceError
 if TYPE_CHECKING:
     from influence_tui.cli import AddCommand
     from influence_tui.core.config import Settings
+    from influence_tui.core.remotes import Remote
     from influence_tui.core.types import LocalModel
     from influence_tui.server.registry import ServerRecord
 
@@ -111,12 +112,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
     warning = bind_warning(settings.host, api_key)
     if warning:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
+    upstreams = _upstreams(args.upstream or ())
     if args.detach:
         return _detach(args, settings, local, api_key)
-    return _serve(settings, local, api_key, list(args.cors or ()))
+    return _serve(settings, local, api_key, list(args.cors or ()), upstreams)
 
 
-def _serve(settings: Settings, local: LocalModel, api_key: str | None, cors: list[str]) -> int:
+def _upstreams(names: Sequence[str]) -> list[Remote]:
+    """The remotes named by ``--upstream`` (each once), or a clear error for a name not configured."""
+    if not names:
+        return []
+    from influence_tui.core.remotes import load_remotes
+
+    remotes = load_remotes()
+    missing = [name for name in names if name not in remotes]
+    if missing:
+        raise InfluenceError(
+            f"there is no remote named {missing[0]}",
+            hint=f"remotes: {', '.join(remotes) or 'none yet'} (`influence remote add NAME URL` adds one)",
+        )
+    return [remotes[name] for name in dict.fromkeys(names)]
+
+
+def _serve(
+    settings: Settings, local: LocalModel, api_key: str | None, cors: list[str], upstreams: Sequence[Remote] = ()
+) -> int:
     import uvicorn
 
     from influence_tui.core.engine.runner import EngineRunner
@@ -154,6 +174,7 @@ def _serve(settings: Settings, local: LocalModel, api_key: str | None, cors: lis
         settings=settings,
         api_key=api_key,
         cors_origins=cors,
+        upstreams=upstreams,
     )
     server_state(app).url = url
     config = uvicorn.Config(
@@ -174,6 +195,12 @@ def _serve(settings: Settings, local: LocalModel, api_key: str | None, cors: lis
         file=sys.stderr,
         flush=True,
     )
+    for remote in upstreams:
+        print(
+            f"… and the models of {remote.name} ({remote.api_base}) as MODEL@{remote.name}: their requests leave this machine",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def stop(signum: int, frame: Any) -> None:
         raise _Stopped
@@ -212,6 +239,8 @@ def _child_command(args: argparse.Namespace, settings: Settings) -> list[str]:
             command += [flag, value]
     for origin in args.cors or ():
         command += ["--cors", origin]
+    for name in args.upstream or ():
+        command += ["--upstream", name]
     return command
 
 
@@ -421,6 +450,12 @@ def register(add: AddCommand) -> None:
     )
     p.add_argument(
         "--cors", action="append", metavar="ORIGIN", help="allow browser requests from ORIGIN (repeatable; * for any)"
+    )
+    p.add_argument(
+        "--upstream",
+        action="append",
+        metavar="REMOTE",
+        help="also serve this remote's models as MODEL@REMOTE (repeatable; `influence remote add` names one)",
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="where to run (default: auto)")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), help="weights dtype (default: auto)")

@@ -14,8 +14,21 @@ from influence_tui.core.errors import InfluenceError
 from influence_tui.core.types import GenerationStats, SamplingParams
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from typing_extensions import TypeIs
+
+    from influence_tui.core.engine.remote import RemoteEngine
     from influence_tui.core.engine.runner import EngineRunner, TokenStream
     from influence_tui.core.sessions import ChatSession, PromptPlan, SessionStore
+
+    ChatEngine: TypeAlias = "EngineRunner | RemoteEngine"
+    """What a front end chats through: the local engine runner, or a remote engine (its chats leave the machine)."""
+
+
+def is_remote(engine: object) -> TypeIs[RemoteEngine]:
+    """Whether ``engine`` is a remote engine (checked without importing the HTTP client)."""
+    return getattr(engine, "remote_engine", False) is True
 
 
 def reply_reserve(params: SamplingParams, context_length: int) -> int:
@@ -31,10 +44,12 @@ class ReplyInProgress:
     stream: TokenStream
 
 
-def start_reply(
-    runner: EngineRunner, session: ChatSession, stop_event: threading.Event | None = None
-) -> ReplyInProgress:
-    """Build the prompt for the session's last user message and queue its generation."""
+def start_reply(runner: ChatEngine, session: ChatSession, stop_event: threading.Event | None = None) -> ReplyInProgress:
+    """Build the prompt for the session's last user message and queue its generation (locally), or send the
+    conversation (to a remote engine)."""
+    if is_remote(runner):
+        plan, stream = runner.start_chat(session.messages, session.system_prompt, session.params, stop_event)
+        return ReplyInProgress(plan, stream)
     info = runner.info
     if info is None:
         raise InfluenceError("no model is loaded", hint="load a model before chatting")

@@ -244,19 +244,31 @@ def parse_value(name: str, raw: object, where: str) -> Any:
 # --------------------------------------------------------------------------------------------- layers
 
 
-def read_config_file(path: Path) -> dict[str, object]:
-    """The raw key/value pairs of a TOML config file ({} when it does not exist)."""
+REMOTES_TABLE = "remotes"
+"""The config file's ``[remotes.NAME]`` tables: named remote engines (:mod:`influence_tui.core.remotes`), not
+settings."""
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            data: dict[str, Any] = tomllib.load(fh)
+            return data
     except FileNotFoundError:
         return {}
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}", hint="fix or remove it") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+
+
+def read_config_file(path: Path) -> dict[str, object]:
+    """The raw key/value pairs of a TOML config file ({} when it does not exist); ``[remotes.*]`` left out."""
+    data = _read_toml(path)
     flat: dict[str, object] = {}
     for key, value in data.items():
+        if key == REMOTES_TABLE and isinstance(value, dict):
+            continue
         # Tables ([generation], [server], ...) are allowed for grouping; their keys are setting names.
         if isinstance(value, dict):
             flat.update(value)
@@ -349,11 +361,36 @@ def write_setting(name: str, raw: str | None, path: Path | None = None) -> Path:
         current[name] = str(value) if isinstance(value, Path) else value
         if value is None:  # "off" where that is a value; "" (unset) for a model or a token
             current[name] = "off" if name in _BLANK_MEANS_OFF else ""
-    lines = ["# Influence settings; `influence config` lists them all with their sources.\n"]
-    for key, value in current.items():
-        lines.append(f"{key} = {_toml_scalar(value)}\n")
-    atomic_write_text(path, "".join(lines))
+    write_config_file(path, current, read_remote_tables(path))
     return path
+
+
+def read_remote_tables(path: Path | None = None) -> dict[str, dict[str, object]]:
+    """The ``[remotes.NAME]`` tables of the config file, as written (``{}`` when there are none)."""
+    path = paths.config_file() if path is None else path
+    tables = _read_toml(path).get(REMOTES_TABLE, {})
+    if not isinstance(tables, dict):
+        raise ConfigError(f"{REMOTES_TABLE} in {path} must be tables: [remotes.NAME]", hint="fix or remove it")
+    result: dict[str, dict[str, object]] = {}
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            raise ConfigError(
+                f"remotes.{name} in {path} is not a table", hint=f'write it as [remotes.{name}] url = "..."'
+            )
+        result[str(name)] = dict(table)
+    return result
+
+
+def write_config_file(path: Path, settings: Mapping[str, object], remotes: Mapping[str, Mapping[str, object]]) -> None:
+    """Write the whole config file atomically: flat settings first, then one ``[remotes."NAME"]`` table each."""
+    lines = ["# Influence settings; `influence config` lists them all with their sources.\n"]
+    for key, value in settings.items():
+        lines.append(f"{key} = {_toml_scalar(value)}\n")
+    for name, table in remotes.items():
+        lines.append(f"\n[{REMOTES_TABLE}.{_toml_scalar(name)}]\n")
+        for key, value in table.items():
+            lines.append(f"{key} = {_toml_scalar(value)}\n")
+    atomic_write_text(path, "".join(lines))
 
 
 def _toml_scalar(value: object) -> str:

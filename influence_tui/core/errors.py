@@ -57,3 +57,37 @@ class DownloadError(InfluenceError):
 
 class DownloadCancelled(DownloadError):
     """A download was cancelled; the partial files stay on disk and the same download resumes from them."""
+
+
+class RemoteError(InfluenceError):
+    """A remote engine (a named remote: vLLM, llama.cpp's server, Ollama, another ``influence serve``) could not
+    be reached or refused or broke a request.
+
+    ``reason`` says which failure it was, so front ends can word it and the gateway can answer with a fitting
+    status: ``unreachable``, ``tls``, ``timeout``, ``auth``, ``not_found``, ``busy`` (429 or 503, with
+    ``retry_after`` when the remote said), ``server`` (5xx), ``refused`` (another 4xx), ``interrupted`` (the stream
+    broke or ended without a finish reason; ``partial_text`` holds what had arrived), ``protocol`` (a malformed
+    answer) or ``config`` (e.g. the key's variable is not set).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        reason: str = "server",
+        status: int | None = None,
+        retry_after: float | None = None,
+        partial_text: str = "",
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.reason = reason
+        self.status = status
+        """The remote's HTTP status, when it answered with one."""
+        self.retry_after = retry_after
+        self.partial_text = partial_text
+
+    @property
+    def interrupted(self) -> bool:
+        """The reply started and then broke: what arrived is kept and shown as interrupted."""
+        return self.reason == "interrupted"

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from influence_tui import __version__
 from influence_tui.core.config import Settings
 from influence_tui.core.errors import InfluenceError
-from influence_tui.server import ollama_routes, openai_routes
+from influence_tui.server import ollama_routes, openai_embeddings, openai_routes
 from influence_tui.server.access import AccessLogMiddleware, ApiKeyMiddleware
 from influence_tui.server.errors import (
     APIError,
@@ -34,6 +34,7 @@ from influence_tui.server.state import ServerState
 if TYPE_CHECKING:
     from influence_tui.core.engine.runner import EngineRunner
     from influence_tui.core.library import Library
+    from influence_tui.core.remotes import Remote
     from influence_tui.core.types import LocalModel
 
 
@@ -47,6 +48,7 @@ def create_app(
     library: Library | None = None,
     api_key: str | None = None,
     cors_origins: Sequence[str] = (),
+    upstreams: Sequence[Remote] = (),
 ) -> FastAPI:
     """The server for ``model`` on ``runner``.
 
@@ -54,9 +56,16 @@ def create_app(
     ``on_load_failure`` is called if it fails. Without it the runner must already hold the model.
     ``settings`` give the sampling defaults (and the library for embedding models); ``api_key`` makes every
     route but /health require ``Authorization: Bearer KEY``; ``cors_origins`` are allowed browser origins
-    (``*`` for any).
+    (``*`` for any). ``upstreams`` are remotes whose models are served beside ``model`` as ``MODEL@REMOTE``.
     """
-    state = ServerState(runner, model, settings=settings or Settings(), library=library, api_key=api_key)
+    gateway = None
+    if upstreams:
+        from influence_tui.server.gateway import Gateway
+
+        gateway = Gateway(upstreams)
+    state = ServerState(
+        runner, model, settings=settings or Settings(), library=library, api_key=api_key, gateway=gateway
+    )
     if load is None:
         state.finish_loading()
 
@@ -64,7 +73,11 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if load is not None and state.status == "loading":
             state.start_loading(load, on_load_failure)
-        yield
+        try:
+            yield
+        finally:
+            if gateway is not None:
+                gateway.close()
 
     app = FastAPI(
         title="Influence",
@@ -83,8 +96,9 @@ def create_app(
         status = {"ok": 200, "loading": 503, "error": 500}[state.status]
         return JSONResponse(report, status_code=status)
 
-    app.include_router(openai_routes.router, prefix="/v1")
-    app.include_router(openai_routes.router)  # the same routes without /v1, as llama.cpp serves them
+    for router in (openai_routes.router, openai_embeddings.router):
+        app.include_router(router, prefix="/v1")
+        app.include_router(router)  # the same routes without /v1, as llama.cpp serves them
     app.include_router(ollama_routes.router)
 
     app.add_exception_handler(APIError, handle_api_error)

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from influence_tui.core.errors import InfluenceError, ModelNotFoundError
+from influence_tui.core.errors import InfluenceError, ModelNotFoundError, RemoteError
 
 log = logging.getLogger("influence.server")
 
@@ -26,8 +26,11 @@ _TYPES = {
     404: "invalid_request_error",
     405: "invalid_request_error",
     413: "invalid_request_error",
+    429: "rate_limit_error",
     500: "server_error",
+    502: "upstream_error",
     503: "unavailable_error",
+    504: "upstream_error",
 }
 
 
@@ -42,9 +45,11 @@ class APIError(Exception):
         param: str | None = None,
         code: str | None = None,
         type: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = headers
         self.message = message
         self.param = param
         self.code = code
@@ -61,8 +66,25 @@ def bad_request(message: str, *, param: str | None = None, code: str | None = No
     return APIError(400, message, param=param, code=code)
 
 
+#: A remote engine's failure as the gateway's answer: the remote's own 404/429/503 and refusals pass on; a remote
+#: that cannot be reached, refuses our key or breaks is a 502 (the client did nothing wrong), a silent one a 504.
+_REMOTE_STATUS = {"not_found": 404, "refused": 400, "timeout": 504}
+
+
+def from_remote_error(exc: RemoteError) -> APIError:
+    if exc.reason == "busy" and exc.status in (429, 503):
+        headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after is not None else None
+        return APIError(exc.status, str(exc), code="upstream_busy", headers=headers)
+    status = _REMOTE_STATUS.get(exc.reason, 502)
+    code = "model_not_found" if status == 404 else f"upstream_{exc.reason}"
+    return APIError(status, str(exc), param="model" if status == 404 else None, code=code)
+
+
 def from_influence_error(exc: InfluenceError) -> APIError:
-    """A core error as an answer: an unknown model is a 404, anything else the client caused a 400."""
+    """A core error as an answer: an unknown model is a 404, a remote engine's failure what it says, anything
+    else the client caused a 400."""
+    if isinstance(exc, RemoteError):
+        return from_remote_error(exc)
     if isinstance(exc, ModelNotFoundError):
         return APIError(404, str(exc), param="model", code="model_not_found")
     return APIError(400, str(exc))
@@ -98,7 +120,7 @@ def is_ollama_path(path: str) -> bool:
 
 def error_response(path: str, error: APIError, headers: dict[str, str] | None = None) -> JSONResponse:
     body = error.ollama_body() if is_ollama_path(path) else error.openai_body()
-    return JSONResponse(body, status_code=error.status, headers=headers)
+    return JSONResponse(body, status_code=error.status, headers={**(error.headers or {}), **(headers or {})} or None)
 
 
 # ------------------------------------------------------------------------------------------ handlers

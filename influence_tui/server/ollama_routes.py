@@ -17,13 +17,23 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from influence_tui import __version__
+from influence_tui.core.engine.remote import RemoteEngine
 from influence_tui.core.engine.runner import TokenStream
 from influence_tui.core.errors import InfluenceError
 from influence_tui.core.types import ChatMessage, GenerationStats, LoadedModelInfo, Role, SamplingParams
 from influence_tui.core.units import human_count
 from influence_tui.server.access import record_usage
 from influence_tui.server.errors import APIError, bad_request, from_influence_error, log
-from influence_tui.server.openai_routes import check_dimensions, server_state, shorten
+from influence_tui.server.gateway import (
+    ollama_show,
+    ollama_tag,
+    open_chat,
+    open_completion,
+    upstream_engine,
+    upstream_models,
+)
+from influence_tui.server.openai_embeddings import check_dimensions, shorten
+from influence_tui.server.openai_routes import server_state
 from influence_tui.server.params import RequestedSampling, sampling_params
 from influence_tui.server.schemas import (
     OllamaChatRequest,
@@ -79,18 +89,15 @@ def details(state: ServerState) -> dict[str, Any]:
 async def tags(request: Request) -> dict[str, Any]:
     state = server_state(request)
     model = state.model
-    return {
-        "models": [
-            {
-                "name": model.name,
-                "model": model.name,
-                "modified_at": utc_iso(model_modified(model)),
-                "size": model.size_bytes,
-                "digest": state.digest,
-                "details": details(state),
-            }
-        ]
+    local = {
+        "name": model.name,
+        "model": model.name,
+        "modified_at": utc_iso(model_modified(model)),
+        "size": model.size_bytes,
+        "digest": state.digest,
+        "details": details(state),
     }
+    return {"models": [local, *(ollama_tag(m) for m in await upstream_models(state.gateway))]}
 
 
 @router.get("/api/ps")
@@ -137,6 +144,9 @@ def _parameters_text(state: ServerState, info: LoadedModelInfo | None) -> str:
 async def show(request: Request) -> dict[str, Any]:
     state = server_state(request)
     body = parse_body(OllamaShowRequest, await request.body())
+    remote = await upstream_engine(state.gateway, body.model or body.name)
+    if remote is not None:
+        return ollama_show(remote)
     state.served_name(body.model or body.name, required=True)
     info = state.runner.info if state.status == "ok" else None
     model = state.model
@@ -174,6 +184,9 @@ def _sampling(state: ServerState, options: OllamaOptions | None, info: LoadedMod
             raise bad_request(f"num_ctx must be at least 1, got {options.num_ctx}", param="num_ctx")
         context = min(context, options.num_ctx)
     num_predict = options.num_predict
+    if num_predict is not None and context <= 0:  # a remote model of unknown context: it caps the reply itself
+        num_predict = None if num_predict in (-1, -2) else num_predict
+        context = 1 << 30
     if num_predict is not None:
         if num_predict in (-1, -2):  # until the context is full
             num_predict = context
@@ -307,16 +320,22 @@ async def chat(request: Request) -> Response:
     started = time.perf_counter()
     state = server_state(request)
     body = parse_body(OllamaChatRequest, await request.body())
-    state.served_name(body.model, required=True)
+    remote = await upstream_engine(state.gateway, body.model)
+    if remote is None:
+        state.served_name(body.model, required=True)
     model = body.model or state.model.name
-    info = state.require_ready()
+    info = remote.info if remote is not None and remote.info else state.require_ready()
     if not body.messages:
         return JSONResponse(_load_answer(model, started, "message"))
     messages = _chat_messages(body.messages)
     params, context = _sampling(state, body.options, info)
-    plan = await anyio.to_thread.run_sync(state.chat_prompt, messages, params, context)
-    params = _fit(params, context, len(plan.prompt_ids))
-    pump = EventPump(state.submit(plan.prompt_ids, params))
+    if remote is not None:  # an upstream's model: its reply streams through the same lines
+        _plan, stream = await open_chat(remote, messages, params)
+        pump = EventPump(stream)
+    else:
+        plan = await anyio.to_thread.run_sync(state.chat_prompt, messages, params, context)
+        params = _fit(params, context, len(plan.prompt_ids))
+        pump = EventPump(state.submit(plan.prompt_ids, params))
 
     def line(content: str, done: bool) -> dict[str, Any]:
         return {
@@ -355,16 +374,20 @@ async def generate(request: Request) -> Response:
     started = time.perf_counter()
     state = server_state(request)
     body = parse_body(OllamaGenerateRequest, await request.body())
-    state.served_name(body.model, required=True)
+    remote = await upstream_engine(state.gateway, body.model)
+    if remote is None:
+        state.served_name(body.model, required=True)
     model = body.model or state.model.name
     if body.images:
         raise bad_request("images are not supported: the served model reads text only")
     if body.suffix:
         raise bad_request("suffix (fill-in-the-middle) is not supported")
-    info = state.require_ready()
+    info = remote.info if remote is not None and remote.info else state.require_ready()
     if not body.prompt and not body.context:
         return JSONResponse(_load_answer(model, started, "response"))
     params, context = _sampling(state, body.options, info)
+    if remote is not None:
+        return await _remote_generate(request, remote, body, params, model=model, started=started)
     prompt_ids = await anyio.to_thread.run_sync(_generate_prompt, state, body, params, context)
     params = _fit(params, context, len(prompt_ids))
     stream: TokenStream = state.submit(prompt_ids, params)
@@ -374,6 +397,31 @@ async def generate(request: Request) -> Response:
         return {"model": model, "created_at": utc_iso(), "response": text, "done": done}
 
     return await _respond(request, pump, line, started, stream=body.stream is not False, context=prompt_ids)
+
+
+async def _remote_generate(
+    request: Request,
+    remote: RemoteEngine,
+    body: OllamaGenerateRequest,
+    params: SamplingParams,
+    *,
+    model: str,
+    started: float,
+) -> Response:
+    """/api/generate for an upstream's model: the prompt continued as is (``raw``) or sent as a chat."""
+    if body.context:
+        raise bad_request("context (token ids) is not supported for a remote model: send the text")
+    if body.raw:
+        stream = await open_completion(remote, body.prompt or "", params)
+    else:
+        messages = [ChatMessage("system", body.system)] if body.system else []
+        messages.append(ChatMessage("user", body.prompt or ""))
+        _plan, stream = await open_chat(remote, messages, params)
+
+    def line(text: str, done: bool) -> dict[str, Any]:
+        return {"model": model, "created_at": utc_iso(), "response": text, "done": done}
+
+    return await _respond(request, EventPump(stream), line, started, stream=body.stream is not False)
 
 
 # ------------------------------------------------------------------------------------------ embeddings

@@ -7,9 +7,6 @@ fails (an ``error`` event) or the client leaves (the generation is cancelled).
 
 from __future__ import annotations
 
-import base64
-import math
-import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -21,14 +18,15 @@ from fastapi.responses import JSONResponse, Response
 
 from influence_tui import __version__
 from influence_tui.core.errors import InfluenceError
+from influence_tui.core.remotes import RemoteModel
 from influence_tui.core.types import ChatMessage, GenerationStats, LoadedModelInfo, Role
 from influence_tui.server.access import record_usage
 from influence_tui.server.errors import APIError, bad_request, from_influence_error, log
+from influence_tui.server.gateway import open_chat, open_completion, upstream_engine, upstream_models
 from influence_tui.server.params import RequestedSampling, sampling_params
 from influence_tui.server.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
-    EmbeddingRequest,
     OpenAIMessage,
     OpenAISampling,
     parse_body,
@@ -58,22 +56,43 @@ def server_state(request: Request) -> ServerState:
 
 
 def _model_card(state: ServerState) -> dict[str, Any]:
-    return {
+    card: dict[str, Any] = {
         "id": state.model.name,
         "object": "model",
         "created": int(model_modified(state.model)),
         "owned_by": "influence",
     }
+    info = state.runner.info if state.status == "ok" else None
+    if info is not None:
+        card["max_model_len"] = info.context_length  # vLLM's name: remote engines read the context from it
+    return card
+
+
+def _remote_card(model: RemoteModel) -> dict[str, Any]:
+    card: dict[str, Any] = {
+        "id": model.name,
+        "object": "model",
+        "created": 0,
+        "owned_by": f"{model.remote.name} (remote)",
+    }
+    if model.context_length:
+        card["max_model_len"] = model.context_length
+    return card
 
 
 @router.get("/models")
 async def list_models(request: Request) -> dict[str, Any]:
-    return {"object": "list", "data": [_model_card(server_state(request))]}
+    state = server_state(request)
+    remote = [_remote_card(m) for m in await upstream_models(state.gateway)]
+    return {"object": "list", "data": [_model_card(state), *remote]}
 
 
 @router.get("/models/{model_id:path}")
 async def get_model(request: Request, model_id: str) -> dict[str, Any]:
     state = server_state(request)
+    engine = await upstream_engine(state.gateway, model_id)
+    if engine is not None:
+        return _remote_card(engine.model)
     state.served_name(model_id)
     return _model_card(state)
 
@@ -178,18 +197,24 @@ def chat_messages(messages: Sequence[OpenAIMessage] | None) -> list[ChatMessage]
 async def chat_completions(request: Request) -> Response:
     state = server_state(request)
     body = parse_body(ChatCompletionRequest, await request.body())
-    model = state.served_name(body.model)
+    remote = await upstream_engine(state.gateway, body.model)
+    model = remote.model.name if remote is not None else state.served_name(body.model)
     messages = chat_messages(body.messages)
     if body.logprobs:
         raise bad_request("logprobs are not supported", param="logprobs")
     _check_n(body)
-    info = state.require_ready()
     max_param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-    _check_max_tokens(max_tokens, info, max_param)
-    params = sampling_params(state.settings, _requested(body, max_tokens), names={"max_tokens": max_param})
-    plan = await anyio.to_thread.run_sync(state.chat_prompt, messages, params, info.context_length)
-    pump = EventPump(state.submit(plan.prompt_ids, params))
+    if remote is not None:  # an upstream's model: its reply streams through the same events
+        params = sampling_params(state.settings, _requested(body, max_tokens), names={"max_tokens": max_param})
+        plan, stream = await open_chat(remote, messages, params)
+        pump = EventPump(stream)
+    else:
+        info = state.require_ready()
+        _check_max_tokens(max_tokens, info, max_param)
+        params = sampling_params(state.settings, _requested(body, max_tokens), names={"max_tokens": max_param})
+        plan = await anyio.to_thread.run_sync(state.chat_prompt, messages, params, info.context_length)
+        pump = EventPump(state.submit(plan.prompt_ids, params))
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     if body.stream:
@@ -307,7 +332,8 @@ def _prompt_ids(state: ServerState, prompts: list[str | list[int]], info: Loaded
 async def completions(request: Request) -> Response:
     state = server_state(request)
     body = parse_body(CompletionRequest, await request.body())
-    model = state.served_name(body.model)
+    remote = await upstream_engine(state.gateway, body.model)
+    model = remote.model.name if remote is not None else state.served_name(body.model)
     prompts = _prompts(body.prompt)
     if body.suffix:
         raise bad_request("suffix (fill-in-the-middle) is not supported", param="suffix")
@@ -316,14 +342,22 @@ async def completions(request: Request) -> Response:
     if body.logprobs:
         raise bad_request("logprobs are not supported", param="logprobs")
     _check_n(body)
-    info = state.require_ready()
-    _check_max_tokens(body.max_tokens, info, "max_tokens")
     params = sampling_params(state.settings, _requested(body, body.max_tokens))
-    prompt_ids = await anyio.to_thread.run_sync(_prompt_ids, state, prompts, info)
-    echoes = [""] * len(prompts)
-    if body.echo:
-        echoes = [p if isinstance(p, str) else await anyio.to_thread.run_sync(state.decode, p) for p in prompts]
-    pumps = [EventPump(state.submit(ids, params)) for ids in prompt_ids]
+    if remote is not None:
+        if not all(isinstance(p, str) for p in prompts):
+            raise bad_request("a remote model takes prompts as text, not token ids", param="prompt")
+        texts = [p for p in prompts if isinstance(p, str)]
+        prompt_ids: list[list[int]] = [[] for _ in texts]
+        echoes = texts if body.echo else [""] * len(texts)
+        pumps = [EventPump(await open_completion(remote, text, params)) for text in texts]
+    else:
+        info = state.require_ready()
+        _check_max_tokens(body.max_tokens, info, "max_tokens")
+        prompt_ids = await anyio.to_thread.run_sync(_prompt_ids, state, prompts, info)
+        echoes = [""] * len(prompts)
+        if body.echo:
+            echoes = [p if isinstance(p, str) else await anyio.to_thread.run_sync(state.decode, p) for p in prompts]
+        pumps = [EventPump(state.submit(ids, params)) for ids in prompt_ids]
     completion_id = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
 
@@ -419,75 +453,3 @@ async def _completion_chunks(
     if include_usage:
         yield sse({**base, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)})
     yield SSE_DONE
-
-
-# ------------------------------------------------------------------------------------------ embeddings
-
-
-def _embedding_inputs(value: str | list[str] | list[int] | list[list[int]] | None) -> list[str | list[int]]:
-    if value is None:
-        raise bad_request("input is required: a string or a list of strings", param="input")
-    items: list[str | list[int]]
-    if isinstance(value, str):
-        items = [value]
-    elif value and all(isinstance(item, int) for item in value):
-        items = [[int(item) for item in value]]  # type: ignore[arg-type]
-    else:
-        items = list(value)  # type: ignore[arg-type]
-    if not items:
-        raise bad_request("input must not be an empty list", param="input")
-    for index, item in enumerate(items):
-        if not item:
-            raise bad_request(f"input[{index}] is empty; every input needs some text", param="input")
-    return items
-
-
-def shorten(vector: list[float], dimensions: int | None) -> list[float]:
-    """The first ``dimensions`` values, made unit length again (as OpenAI's ``dimensions`` does)."""
-    if dimensions is None or dimensions >= len(vector):
-        return vector
-    head = vector[:dimensions]
-    norm = math.sqrt(sum(x * x for x in head)) or 1.0
-    return [x / norm for x in head]
-
-
-def check_dimensions(dimensions: int | None, available: int, param: str = "dimensions") -> None:
-    if dimensions is not None and not 1 <= dimensions <= available:
-        raise bad_request(f"{param} must be between 1 and {available}, got {dimensions}", param=param)
-
-
-def _base64(vector: Sequence[float]) -> str:
-    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
-
-
-@router.post("/embeddings")
-async def embeddings(request: Request) -> dict[str, Any]:
-    state = server_state(request)
-    body = parse_body(EmbeddingRequest, await request.body())
-    inputs = _embedding_inputs(body.input)
-    encoding = body.encoding_format or "float"
-    if encoding not in ("float", "base64"):
-        raise bad_request(f"encoding_format must be 'float' or 'base64', got {encoding!r}", param="encoding_format")
-    if body.dimensions is not None and body.dimensions < 1:
-        raise bad_request(f"dimensions must be at least 1, got {body.dimensions}", param="dimensions")
-    target = await anyio.to_thread.run_sync(state.embedding_model, body.model)
-    if target is None:
-        for item in inputs:
-            if not isinstance(item, str):
-                state.check_token_ids(item, "input")
-    result = await anyio.to_thread.run_sync(state.embed, target, inputs)
-    if result.vectors:
-        check_dimensions(body.dimensions, len(result.vectors[0]))
-    record_usage(request, result.prompt_tokens)
-    data = []
-    for index, vector in enumerate(result.vectors):
-        values = shorten(vector, body.dimensions)
-        data.append(
-            {"object": "embedding", "index": index, "embedding": _base64(values) if encoding == "base64" else values}
-        )
-    return {
-        "object": "list",
-        "data": data,
-        "model": result.model,
-        "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
-    }

@@ -27,8 +27,8 @@ from influence_tui import __version__
 from influence_tui.core.config import Settings
 from influence_tui.core.errors import InfluenceError
 from influence_tui.core.library import Library
+from influence_tui.core.remotes import RemoteCatalog, RemoteModel, resolve_model
 from influence_tui.core.sessions import SessionStore
-from influence_tui.core.types import LocalModel
 from influence_tui.tui.download_service import DownloadService, DownloadUpdated
 from influence_tui.tui.messages import ChatWithModel, ModelLoaded, ModelLoadFailed, ModelLoading
 from influence_tui.tui.paths import stylesheet
@@ -36,7 +36,7 @@ from influence_tui.tui.screens.chat import ChatScreen
 from influence_tui.tui.screens.downloads import DownloadsScreen
 from influence_tui.tui.screens.hub_search import HubSearchScreen
 from influence_tui.tui.screens.library import LibraryScreen
-from influence_tui.tui.services import EngineState, RunnerFactory, Services
+from influence_tui.tui.services import AnyModel, EngineState, RunnerFactory, Services
 from influence_tui.tui.widgets.mode_bar import Navigation
 
 
@@ -79,13 +79,14 @@ class InfluenceApp(App[None]):
         runner_factory: RunnerFactory | None = None,
         library: Library | None = None,
         store: SessionStore | None = None,
+        remotes: RemoteCatalog | None = None,
         load_model: bool = True,
     ) -> None:
         """``runner_factory`` builds the engine runner on first use (tests pass a scripted one);
         ``load_model=False`` starts with no model loaded (the default loads the configured or demo model
         once the first screen has painted)."""
         super().__init__()
-        self.services = Services(settings, runner_factory=runner_factory, library=library, store=store)
+        self.services = Services(settings, runner_factory=runner_factory, library=library, store=store, remotes=remotes)
         self.downloads = DownloadService(self, settings, library=self.services.library)
         """Hub downloads: they run in the app, so they go on whichever screen is shown."""
         self._load_at_start = load_model
@@ -142,27 +143,19 @@ class InfluenceApp(App[None]):
         self.call_from_thread(self.notify, message, title="Loading", timeout=8)
 
     @work(thread=True, exclusive=True, group="engine-load", exit_on_error=False, name="load model")
-    def load_model(self, model: LocalModel | None) -> None:
-        """Load ``model`` (None: the configured model, else the demo) on the engine thread."""
+    def load_model(self, model: AnyModel | None) -> None:
+        """Load ``model`` (None: the configured model, else the demo) on the engine thread, or connect to a
+        remote model's server."""
         services = self.services
-        settings = services.settings
         try:
             if model is None:
-                model = services.library.default()
+                model = resolve_model(services.library, services.settings.model, services.remotes.remotes())
         except InfluenceError as exc:
             self.post_message(ModelLoadFailed(None, str(exc)))
             return
         self.post_message(ModelLoading(model))
         try:
-            info = services.runner.load(
-                model,
-                device=settings.device,
-                device_index=settings.device_index,
-                dtype=settings.dtype,
-                quantize=settings.quantize,
-                cache_dir=settings.cache_dir,
-                on_status=self._load_note,
-            )
+            info = services.load(model, on_status=self._load_note)
         except InfluenceError as exc:
             self.post_message(ModelLoadFailed(model, str(exc)))
             return
@@ -179,6 +172,14 @@ class InfluenceApp(App[None]):
     def on_model_loaded(self, message: ModelLoaded) -> None:
         self.engine_state = EngineState("ready", message.model, message.info)
         info = message.info
+        if isinstance(message.model, RemoteModel):
+            remote = message.model.remote
+            self.notify(
+                f"{info.name}: {remote.kind} API at {remote.api_base}. Your messages are sent to {remote.host}.",
+                title="Remote model",
+                markup=False,
+            )
+            return
         weights = info.quantization or info.dtype
         self.notify(f"{info.name} on {info.device} ({weights}), loaded in {info.load_s:.1f} s", markup=False)
 

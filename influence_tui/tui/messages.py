@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
+from influence_tui.core.remotes import RemoteModel
 from influence_tui.core.sessions import PromptPlan
 from influence_tui.core.types import GenerationStats, LoadedModelInfo, LocalModel
 
@@ -19,25 +20,26 @@ from influence_tui.core.types import GenerationStats, LoadedModelInfo, LocalMode
 class ChatWithModel(Message):
     """Load this model and switch to the chat screen (from the library, the model picker, a download)."""
 
-    model: LocalModel
+    model: LocalModel | RemoteModel
 
 
 @dataclass
 class ModelLoading(Message):
-    """The engine started loading a model (the first load also starts the engine and imports torch)."""
+    """The engine started loading a model (the first load also starts the engine and imports torch), or
+    connecting to a remote model's server."""
 
-    model: LocalModel
+    model: LocalModel | RemoteModel
 
 
 @dataclass
 class ModelLoaded(Message):
-    model: LocalModel
+    model: LocalModel | RemoteModel
     info: LoadedModelInfo
 
 
 @dataclass
 class ModelLoadFailed(Message):
-    model: LocalModel | None
+    model: LocalModel | RemoteModel | None
     """None when no model could even be chosen (nothing configured and no demo model)."""
     error: str
     """What went wrong and what to do next, one line."""
@@ -76,3 +78,5 @@ class ReplyFailed(Message):
     error: str
     expected: bool = True
     """False for a bug (the traceback went to the log)."""
+    interrupted: bool = False
+    """The reply had started when the stream broke (a remote cut off): its text is kept, marked interrupted."""

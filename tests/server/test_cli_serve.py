@@ -143,7 +143,7 @@ def test_warning_for_a_server_open_to_the_network(
     assert "warning: binding 0.0.0.0 without --api-key" in capsys.readouterr().err
     assert main(["deploy", "--model", str(tiny_llama), "--host", "0.0.0.0", "--api-key", "k", "--cors", "*"]) == 0
     assert "warning" not in capsys.readouterr().err
-    _settings, _model, api_key, cors = calls[-1]
+    _settings, _model, api_key, cors, _upstreams = calls[-1]
     assert api_key == "k" and cors == ["*"]
     monkeypatch.setenv("INFLUENCE_API_KEY", "from-env")
     assert main(["serve", "--model", str(tiny_llama), "--host", "::"]) == 0

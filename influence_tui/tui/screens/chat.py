@@ -25,10 +25,10 @@ from textual.widgets import Footer, Static, TextArea
 from textual.worker import Worker, get_current_worker
 
 from influence_tui.core import slash
-from influence_tui.core.chat import finish_reply, reply_reserve, start_reply
-from influence_tui.core.errors import InfluenceError
+from influence_tui.core.chat import finish_reply, is_remote, reply_reserve, start_reply
+from influence_tui.core.errors import InfluenceError, RemoteError
 from influence_tui.core.sessions import ChatSession, PromptPlan, SessionSummary
-from influence_tui.core.types import ChatMessage, GenerationStats, LocalModel
+from influence_tui.core.types import ChatMessage, GenerationStats
 from influence_tui.tui.dialogs.code_picker import CodePickerDialog
 from influence_tui.tui.dialogs.confirm import ConfirmDialog
 from influence_tui.tui.dialogs.model_picker import ModelPickerDialog
@@ -36,7 +36,7 @@ from influence_tui.tui.dialogs.sessions import LoadSessionDialog, local_time
 from influence_tui.tui.dialogs.text_input import TextInputDialog
 from influence_tui.tui.messages import ChatWithModel, ReplyChunk, ReplyFailed, ReplyFinished, ReplyStarted
 from influence_tui.tui.paths import stylesheet
-from influence_tui.tui.services import EngineState, services_of
+from influence_tui.tui.services import AnyModel, EngineState, services_of
 from influence_tui.tui.widgets.chat_log import ChatLog
 from influence_tui.tui.widgets.message_view import CodeBlock, MessageView, code_blocks, stats_line
 from influence_tui.tui.widgets.mode_bar import ModeBar
@@ -358,7 +358,7 @@ class ChatScreen(Screen[None]):
     def _generate(self, reply_id: int) -> None:
         """Build the prompt, queue the request, and pass its text up (runs in a thread; touches no widget)."""
         worker = get_current_worker()
-        runner = services_of(self).runner
+        runner = services_of(self).chat_engine
         try:
             reply = start_reply(runner, self.session, worker.cancelled_event)
         except InfluenceError as exc:
@@ -388,7 +388,9 @@ class ChatScreen(Screen[None]):
             expected = isinstance(exc, InfluenceError)
             if not expected:
                 self.app.log.error(traceback.format_exc())
-            self.post_message(ReplyFailed(reply_id, str(exc) if expected else f"{type(exc).__name__}: {exc}", expected))
+            interrupted = isinstance(exc, RemoteError) and bool(exc.partial_text)
+            text = str(exc) if expected else f"{type(exc).__name__}: {exc}"
+            self.post_message(ReplyFailed(reply_id, text, expected, interrupted=interrupted))
             return
         if pending:
             self.post_message(ReplyChunk(reply_id, "".join(pending)))
@@ -423,6 +425,8 @@ class ChatScreen(Screen[None]):
 
     async def on_reply_failed(self, message: ReplyFailed) -> None:
         what = "Generation failed" if message.expected else "Generation broke (a bug; details in the log)"
+        if message.interrupted:
+            what = "Reply interrupted"
         self.notify(
             f"{message.error}. /retry tries again; Ctrl+L picks another model.",
             title=what,
@@ -430,9 +434,11 @@ class ChatScreen(Screen[None]):
             timeout=10,
             markup=False,
         )
-        await self._close_reply(message.reply_id, None, failed=True)
+        await self._close_reply(message.reply_id, None, failed=True, interrupted=message.interrupted)
 
-    async def _close_reply(self, reply_id: int, stats: GenerationStats | None, *, failed: bool = False) -> None:
+    async def _close_reply(
+        self, reply_id: int, stats: GenerationStats | None, *, failed: bool = False, interrupted: bool = False
+    ) -> None:
         reply = self._reply
         if reply is None or reply.id != reply_id:
             return
@@ -448,7 +454,11 @@ class ChatScreen(Screen[None]):
             if len(self.session.messages) > before:
                 view.index = before
         meta = stats_line(stats, stopped=stopped)
-        view.show_meta("failed · /retry tries again" if failed else meta)
+        if interrupted:
+            meta = "interrupted: the remote broke off · the text so far is kept · /retry asks again"
+        elif failed:
+            meta = "failed · /retry tries again"
+        view.show_meta(meta)
         status = self.query_one(StatusBar)
         status.busy = False
         if stats is not None and stats.generated_tokens:
@@ -510,13 +520,16 @@ class ChatScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="chat-measure", exit_on_error=False, name="measure context")
     def _measure_context(self, messages: list[ChatMessage], system_prompt: str | None) -> None:
-        runner = services_of(self).runner
+        runner = services_of(self).chat_engine
         if runner.info is None:
             return
         conversation: list[dict[str, str]] = [{"role": "system", "content": system_prompt}] if system_prompt else []
         conversation += [{"role": m.role, "content": m.content} for m in messages]
         try:
-            used = len(runner.apply_chat_template(conversation, add_generation_prompt=False))
+            if is_remote(runner):  # the remote tokenizes: an estimate until its first reply says
+                used = runner.estimate_tokens(conversation)
+            else:
+                used = len(runner.apply_chat_template(conversation, add_generation_prompt=False))
         except Exception:  # a template that refuses this shape: the meter waits for the next reply
             return
         if not get_current_worker().is_cancelled:
@@ -562,7 +575,11 @@ class ChatScreen(Screen[None]):
             self.notify(f"{exc}", title="Not opened", severity="error", timeout=10, markup=False)
             return
         engine = self.engine
-        if engine.model is not None and session.model and session.model != engine.model.name:
+        remote = services_of(self).remotes.model(session.model) if session.model else None
+        if remote is not None and (engine.model is None or engine.model.name != remote.name):
+            self.notify(f"This chat was with {remote.name}: continuing with it (on {remote.host}).", markup=False)
+            self.post_message(ChatWithModel(remote))  # a remote model loads at once: reopen the chat with it
+        elif engine.model is not None and session.model and session.model != engine.model.name:
             self.notify(
                 f"This chat was with {session.model}; replies now come from {engine.model.name} (Ctrl+L switches).",
                 markup=False,
@@ -639,12 +656,13 @@ class ChatScreen(Screen[None]):
     def action_pick_model(self) -> None:
         engine = self.engine
 
-        def chosen(model: LocalModel | None) -> None:
+        def chosen(model: AnyModel | None) -> None:
             if model is not None:
                 self.post_message(ChatWithModel(model))
 
+        services = services_of(self)
         current = engine.model.name if engine.model else None
-        self.app.push_screen(ModelPickerDialog(services_of(self).library, current), chosen)
+        self.app.push_screen(ModelPickerDialog(services.library, current, remotes=services.remotes), chosen)
 
     # ------------------------------------------------------------------------------------------ the panel
 

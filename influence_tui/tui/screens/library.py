@@ -1,4 +1,5 @@
-"""The model library: every model on disk, its format, size and problems; chat with one, remove, import."""
+"""The model library: every model on disk, its format, size and problems, and the remotes' models beside them
+(``MODEL@REMOTE``, marked with the host a chat goes to); chat with one, remove, import."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from textual.worker import get_current_worker
 
 from influence_tui.core.errors import InfluenceError
 from influence_tui.core.library import Library
+from influence_tui.core.remotes import RemoteListing, RemoteModel
 from influence_tui.core.types import SOURCE_LABELS, LocalModel
 from influence_tui.core.units import human_count, human_size
 from influence_tui.tui.dialogs.confirm import ConfirmDialog
@@ -40,7 +42,10 @@ class LibraryScreen(Screen[None]):
 
     def __init__(self) -> None:
         super().__init__()
-        self.models: list[LocalModel] = []
+        self.models: list[LocalModel | RemoteModel] = []
+        self.local: list[LocalModel] = []
+        self.listings: list[RemoteListing] = []
+        """What each remote answered (its models, or why it could not be reached)."""
 
     @property
     def library(self) -> Library:
@@ -75,7 +80,7 @@ class LibraryScreen(Screen[None]):
     # ------------------------------------------------------------------------------------------ actions
 
     @property
-    def highlighted(self) -> LocalModel | None:
+    def highlighted(self) -> LocalModel | RemoteModel | None:
         """The model under the table's cursor."""
         table = self.query_one("#model-table", DataTable)
         if not self.models or table.cursor_row < 0:
@@ -93,8 +98,9 @@ class LibraryScreen(Screen[None]):
     def action_chat(self) -> None:
         model = self.highlighted
         if model is None:
+            self._explain_unreachable()
             return
-        if not model.loadable:
+        if isinstance(model, LocalModel) and not model.loadable:
             problem = "; ".join(model.problems) or f"{model.format_label} cannot be loaded"
             self.notify(f"{model.name} cannot be loaded: {problem}", severity="error", timeout=10, markup=False)
             return
@@ -103,6 +109,12 @@ class LibraryScreen(Screen[None]):
     def action_remove(self) -> None:
         model = self.highlighted
         if model is None:
+            return
+        if isinstance(model, RemoteModel):
+            self.notify(
+                f"{model.name} lives on {model.host}. `influence remote rm {model.remote.name}` forgets the remote.",
+                markup=False,
+            )
             return
         if model.linked:
             what = f"The link {model.path} is removed; the files it points to stay."
@@ -159,13 +171,38 @@ class LibraryScreen(Screen[None]):
         self.app.call_from_thread(self.scan)
 
     def action_refresh(self) -> None:
-        self.scan()
+        self.scan(refresh=True)
 
     @work(thread=True, exclusive=True, group="library-scan", exit_on_error=False, name="scan library")
-    def scan(self) -> None:
+    def scan(self, refresh: bool = False) -> None:
+        """The local models (shown at once), then the remotes' (asked in parallel, a few seconds at most)."""
         models = self.library.models()
-        if not get_current_worker().is_cancelled:
-            self.app.call_from_thread(self._show_models, models)
+        if get_current_worker().is_cancelled:
+            return
+        self.app.call_from_thread(self._show_models, models)
+        catalog = services_of(self).remotes
+        try:
+            has_remotes = bool(catalog.remotes())
+            listings = catalog.listings(refresh=refresh) if has_remotes else []
+        except InfluenceError as exc:  # a broken [remotes.*] table: say so, keep the local list
+            self.app.call_from_thread(self.notify, str(exc), title="Remotes", severity="error", markup=False)
+            return
+        if has_remotes and not get_current_worker().is_cancelled:
+            self.app.call_from_thread(self._show_listings, listings)
+
+    def _show_listings(self, listings: list[RemoteListing]) -> None:
+        self.listings = listings
+        self._show_models(self.local)
+
+    def _explain_unreachable(self) -> None:
+        table = self.query_one("#model-table", DataTable)
+        try:
+            key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        except Exception:
+            return
+        listing = next((item for item in self.listings if f"@{item.remote.name}" == key), None)
+        if listing is not None and listing.error:
+            self.notify(listing.error, title=f"{key} unreachable", severity="error", timeout=10, markup=False)
 
     @property
     def problem_style(self) -> Style:
@@ -173,8 +210,11 @@ class LibraryScreen(Screen[None]):
         return Style(color=self.app.theme_variables.get("error"), bold=True)
 
     def _show_models(self, models: list[LocalModel]) -> None:
-        self.models = models
+        self.local = models
+        remote_models = [model for listing in self.listings for model in listing.models]
+        self.models = [*models, *remote_models]
         table = self.query_one("#model-table", DataTable)
+        row = table.cursor_row
         table.clear()
         for model in models:
             name = Text(model.name)
@@ -188,13 +228,35 @@ class LibraryScreen(Screen[None]):
                 SOURCE_LABELS[model.source],
                 key=model.name,
             )
+        for remote_model in remote_models:  # what a remote says: Text, never markup
+            table.add_row(
+                Text(remote_model.name),
+                Text(remote_model.format_label),
+                Text(remote_model.parameters or "-"),
+                human_size(remote_model.size_bytes) if remote_model.size_bytes else "-",
+                Text(f"↗ {remote_model.host}"),
+                key=remote_model.name,
+            )
+        for listing in self.listings:
+            if listing.error:
+                name = Text(f"@{listing.remote.name}")
+                name.append(" unreachable", style=self.problem_style)
+                table.add_row(name, "", "", "", Text(f"↗ {listing.remote.host}"), key=f"@{listing.remote.name}")
         total = sum(m.size_bytes for m in models)
         count = f"{len(models)} model{'s' if len(models) != 1 else ''}"
+        remotes = ""
+        if self.listings:
+            down = sum(1 for listing in self.listings if listing.error)
+            remotes = f" · {len(remote_models)} remote" + (
+                f" ({down} remote{'s' if down != 1 else ''} unreachable)" if down else ""
+            )
         self.query_one("#library-status", Static).update(
-            Text(f"{count} · {human_size(total)} · models dir: {self.library.models_dir}")  # a path: never markup
+            Text(f"{count} · {human_size(total)}{remotes} · models dir: {self.library.models_dir}")  # never markup
         )
-        if models:
-            self._show_details(models[0])
+        if row > 0 and table.row_count:
+            table.move_cursor(row=min(row, table.row_count - 1))
+        if self.models:
+            self._show_details(self.models[min(max(row, 0), len(self.models) - 1)])
         else:
             self.query_one("#model-details", Static).update(
                 "No models yet: press i to import a .gguf file or a folder."
@@ -204,9 +266,35 @@ class LibraryScreen(Screen[None]):
         for model in self.models:
             if model.name == event.row_key.value:
                 self._show_details(model)
-                break
+                return
+        for listing in self.listings:
+            if f"@{listing.remote.name}" == event.row_key.value and listing.error:
+                lines = Text(f"@{listing.remote.name} ({listing.remote.url})\n\n", style="bold")
+                lines.append(listing.error + "\n\nr asks again; `influence remote test NAME` checks it.")
+                self.query_one("#model-details", Static).update(lines)
 
-    def _show_details(self, model: LocalModel) -> None:
+    def _show_remote_details(self, model: RemoteModel) -> None:
+        remote = model.remote
+        lines = Text()
+        rows = [
+            ("Name", model.name),
+            ("Remote", f"{remote.name} ({remote.kind} API)"),
+            ("URL", remote.api_base),
+            ("Model", model.model_id),
+            ("Context", str(model.context_length or "asked when chosen")),
+            ("Size", human_size(model.size_bytes) if model.size_bytes else "-"),
+            ("API key", remote.key_status()),
+        ]
+        for key, value in rows:
+            lines.append(f"{key:<14}", style="bold")
+            lines.append(value + "\n")
+        lines.append(f"\nChats with it leave this machine: they are sent to {remote.host}.\n", style="bold")
+        self.query_one("#model-details", Static).update(lines)
+
+    def _show_details(self, model: LocalModel | RemoteModel) -> None:
+        if isinstance(model, RemoteModel):
+            self._show_remote_details(model)
+            return
         lines = Text()
         rows = [
             ("Name", model.name),

@@ -29,7 +29,7 @@ class ContextUse:
     used: int
     """Tokens of the conversation so far (the last prompt and its reply)."""
     length: int
-    """The model's context length."""
+    """The model's context length (0: unknown, as for a remote model that does not say)."""
     reserve: int
     """Tokens kept free for the next reply (see :func:`influence_tui.core.chat.reply_reserve`)."""
     left_out: int = 0
@@ -42,6 +42,8 @@ class ContextUse:
 
     @property
     def level(self) -> ContextLevel:
+        if self.length <= 0:
+            return "full" if self.left_out else "ok"
         if self.left_out or self.used >= self.budget:
             return "full"
         if self.used >= WARN_FRACTION * self.budget:
@@ -107,6 +109,7 @@ class StatusBar(Horizontal):
         self._show_speed()
 
     def watch_compact(self) -> None:
+        self._show_engine()
         self._show_context()
         self._show_speed()
 
@@ -126,6 +129,14 @@ class StatusBar(Horizontal):
         self.query_one("#status-model", Static).update(Content(model))
         device = self.query_one("#status-device", Static)
         info = state.info
+        remote = state.remote
+        device.set_class(remote is not None, "-remote")
+        if remote is not None:
+            # Said plainly: the conversation is sent to another machine.
+            where = f"↗ {remote.host}" if self.compact else f"↗ remote {remote.host} · leaves this machine"
+            device.update(Content(where))
+            device.display = True
+            return
         weights = (info.quantization.replace(" kept ", " ") if info.quantization else info.dtype) if info else ""
         device.update(Content(f"{info.device} · {weights}" if info else ""))
         device.display = state.info is not None
@@ -143,8 +154,11 @@ class StatusBar(Horizontal):
         level = use.level if use else "ok"
         fraction = used / use.budget if use else 0.0
         mark = {"ok": "", "warn": " ⚠", "full": " ⚠ full"}[level]
-        cells = "" if self.compact else f"{meter(fraction)} "
-        widget.update(Content(f"ctx {cells}{token_count(used)}/{token_count(length)}{mark}"))
+        if length <= 0:  # a remote that does not say: no meter, no warnings
+            widget.update(Content(f"ctx {token_count(used)}/?{mark}"))
+        else:
+            cells = "" if self.compact else f"{meter(fraction)} "
+            widget.update(Content(f"ctx {cells}{token_count(used)}/{token_count(length)}{mark}"))
         for name in ("ok", "warn", "full"):
             widget.set_class(level == name, f"-{name}")
 
