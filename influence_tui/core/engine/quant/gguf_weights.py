@@ -35,6 +35,7 @@ caller can fall back to transformers' path.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import struct
 from collections.abc import Mapping
@@ -196,7 +197,9 @@ def _read_weights(
     heads = _hparam(metadata, f"{arch_name}.attention.head_count", config, "num_attention_heads")
     kv_heads = _hparam(metadata, f"{arch_name}.attention.head_count_kv", config, "num_key_value_heads") or heads
 
-    data = np.memmap(path, dtype=np.uint8, mode="r", shape=(file_size,))
+    with open(path, "rb") as fh:
+        mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    data = np.frombuffer(mapped, dtype=np.uint8, count=file_size)
     result = GGUFWeights(arch_name, {})
     for info in infos:
         hf_name = names.get(info.name)
@@ -241,7 +244,17 @@ def _read_weights(
                 raise ModelFormatError(f"{path.name}: tensor {info.name} has {len(info.shape)} dimensions")
         except ValueError as exc:
             raise ModelFormatError(f"{path.name}: tensor {info.name}: {exc}") from exc
+        _release(mapped, info.offset, nbytes)
     return metadata, result
+
+
+def _release(mapped: mmap.mmap, offset: int, nbytes: int) -> None:
+    """Drop the file pages of a tensor already copied out (they are clean: a later read of a vector kept as a
+    view faults them in again), so the peak memory of a load is the packed copy, not the copy plus the file."""
+    start = offset - offset % mmap.PAGESIZE
+    if nbytes > 0 and hasattr(mmap, "MADV_DONTNEED"):
+        with contextlib.suppress(OSError, ValueError):
+            mapped.madvise(mmap.MADV_DONTNEED, start, offset + nbytes - start)
 
 
 # ------------------------------------------------------------------------------------------ the file
