@@ -15,6 +15,12 @@ if TYPE_CHECKING:
     from influence_tui.core.types import LocalModel
 
 
+_RUNTIME_NOTES = {
+    "native": "native (Influence's own model code, straight from the file)",
+    "transformers": "transformers (an architecture without a native model)",
+}
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from influence_tui.core.remotes import list_remotes, load_remotes
 
@@ -46,6 +52,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         ("NAME", "left"),
         ("FORMAT", "left"),
         ("ARCH", "left"),
+        ("RUNTIME", "left"),
         ("PARAMS", "right"),
         ("CONTEXT", "right"),
         ("SIZE", "right"),
@@ -61,6 +68,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             name,
             Text(m.format_label),
             Text(m.architecture or "-"),
+            m.runtime or "-",
             human_count(m.parameters),
             str(m.context_length) if m.context_length else "-",
             human_size(m.size_bytes),
@@ -71,6 +79,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             Text(r.name),
             Text(r.format_label),
             Text(r.family or "-"),
+            "remote",
             Text(r.parameters or "-"),
             str(r.context_length) if r.context_length else "-",
             human_size(r.size_bytes) if r.size_bytes else "-",
@@ -117,6 +126,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         ("quantization", model.quantization or "-"),
         ("architecture", model.architecture or "-"),
         ("classes", ", ".join(model.architectures) or "-"),
+        ("runtime", _RUNTIME_NOTES.get(model.runtime or "", "-")),
         ("parameters", f"{model.parameters:,} ({human_count(model.parameters)})" if model.parameters else "-"),
         ("context length", str(model.context_length or "-")),
         ("size", f"{human_size(model.size_bytes)} ({model.size_bytes:,} bytes)"),

@@ -65,6 +65,16 @@ class LocalModel:
         return self.format in LOADABLE_FORMATS and self.complete and not self.problems
 
     @property
+    def runtime(self) -> str | None:
+        """``native`` (our own model code: the llama family, from GGUF or safetensors) or ``transformers``;
+        None for weights Influence does not load (pickles, unknown files)."""
+        if self.format not in LOADABLE_FORMATS:
+            return None
+        from influence_tui.core.engine.models import runtime_of
+
+        return runtime_of(self)
+
+    @property
     def format_label(self) -> str:
         """``GGUF/Q4_1``, ``safetensors/BF16``, ``safetensors (3 shards)/F16``..."""
         names = {
@@ -93,6 +103,7 @@ class LocalModel:
             "size_bytes": self.size_bytes,
             "has_tokenizer": self.has_tokenizer,
             "has_chat_template": self.has_chat_template,
+            "runtime": self.runtime,
             "complete": self.complete,
             "loadable": self.loadable,
             "problems": list(self.problems),

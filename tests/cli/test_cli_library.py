@@ -21,7 +21,7 @@ from influence_tui.core.library import DEMO_NAME
 from tests.model_files import write_gguf
 
 DEMO_ROW = re.compile(
-    r"^SmolLM2-135M-Instruct \(demo\)\s+GGUF/Q4_1\s+llama\s+135M\s+8192\s+94 MiB\s+demo\s*$", re.MULTILINE
+    r"^SmolLM2-135M-Instruct \(demo\)\s+GGUF/Q4_1\s+llama\s+native\s+135M\s+8192\s+94 MiB\s+demo\s*$", re.MULTILINE
 )
 
 
@@ -66,7 +66,7 @@ def test_list_shows_the_demo_model(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "list")
     assert code == 0, err
     lines = out.splitlines()
-    assert re.match(r"^NAME\s+FORMAT\s+ARCH\s+PARAMS\s+CONTEXT\s+SIZE\s+SOURCE\s*$", lines[0])
+    assert re.match(r"^NAME\s+FORMAT\s+ARCH\s+RUNTIME\s+PARAMS\s+CONTEXT\s+SIZE\s+SOURCE\s*$", lines[0])
     assert DEMO_ROW.search(out), out
     assert err == ""
 
@@ -77,7 +77,9 @@ def test_list_shows_problems(capsys: pytest.CaptureFixture[str], tiny_in_library
     (broken / "pytorch_model.bin").write_bytes(b"\x80\x02")
     code, out, _ = run(capsys, "ls")
     assert code == 0
-    assert re.search(r"^tiny-llama\s+safetensors/F32\s+llama\s+125K\s+256\s+\d+ KiB\s+models dir\s*$", out, re.M), out
+    assert re.search(
+        r"^tiny-llama\s+safetensors/F32\s+llama\s+native\s+125K\s+256\s+\d+ KiB\s+models dir\s*$", out, re.M
+    ), out
     assert re.search(r"^broken !\s+\.bin \(unsupported\)", out, re.M), out
     assert re.search(r"^! broken: only PyTorch pickle weights", out, re.M), out
     assert DEMO_ROW.search(out)
@@ -94,6 +96,7 @@ def test_list_json(capsys: pytest.CaptureFixture[str], tiny_in_library: Path, de
     assert (demo["parameters"], demo["context_length"]) == (134_515_008, 8192)
     assert demo["size_bytes"] == demo_gguf.stat().st_size
     assert demo["loadable"] is True
+    assert demo["runtime"] == models["tiny-llama"]["runtime"] == "native"
     assert demo["problems"] == []
     assert models["tiny-llama"]["path"] == str(tiny_in_library)
     assert models["tiny-llama"]["source"] == "models-dir"
@@ -219,7 +222,9 @@ def test_import_link(capsys: pytest.CaptureFixture[str], tmp_path: Path, models_
     assert out.strip() == f"Linked: linked (GGUF/Q8_0) -> {models_dir / 'linked.gguf'}"
     assert (models_dir / "linked.gguf").resolve() == gguf
     _, out, _ = run(capsys, "list")
-    assert re.search(r"^linked\s+GGUF/Q8_0\s+llama\s+8\.3K\s+2048\s+\d+ KiB\s+models dir \(link\)\s*$", out, re.M), out
+    assert re.search(
+        r"^linked\s+GGUF/Q8_0\s+llama\s+native\s+8\.3K\s+2048\s+\d+ KiB\s+models dir \(link\)\s*$", out, re.M
+    ), out
 
 
 def test_import_warns_about_problems(capsys: pytest.CaptureFixture[str], tiny_llama: Path) -> None:

@@ -300,6 +300,7 @@ class LibraryScreen(Screen[None]):
             ("Name", model.name),
             ("Format", model.format_label),
             ("Architecture", model.architecture or "-"),
+            ("Runtime", model.runtime or "-"),
             ("Parameters", human_count(model.parameters)),
             ("Context", str(model.context_length or "-")),
             ("Size", human_size(model.size_bytes)),

@@ -362,3 +362,10 @@ def test_never_trusts_remote_code_or_reads_pickles(
     assert seen["use_safetensors"] is True
     assert seen["local_files_only"] is True
     assert load_model(_local(tiny_llama)).info.runtime == "native"  # reads *.safetensors only
+
+
+def test_the_library_names_each_models_runtime(tiny_llama: Path, tiny_gpt2: Path) -> None:
+    assert _local(tiny_llama).runtime == "native"
+    assert _local(tiny_gpt2).runtime == "transformers"
+    pickled = replace(_local(tiny_llama), format="pytorch-bin")
+    assert pickled.runtime is None
