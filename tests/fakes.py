@@ -26,6 +26,7 @@ from influence_tui.core.types import (
     GenerationStats,
     ImportResult,
     LoadedModelInfo,
+    LoadOptions,
     LocalModel,
     SamplingParams,
     TokenEvent,
@@ -150,12 +151,8 @@ class ScriptedRunner:
     def load(
         self,
         local_model: LocalModel,
+        options: LoadOptions | None = None,
         *,
-        device: str = "auto",
-        device_index: int = 0,
-        dtype: str = "auto",
-        quantize: str = "auto",
-        cache_dir: Path | None = None,
         on_status: Callable[[str], None] | None = None,
     ) -> LoadedModelInfo:
         def load() -> LoadedModelInfo:

@@ -40,6 +40,7 @@ def _start_engine(
     stderr)."""
     from influence_tui.core.engine.runner import EngineRunner
     from influence_tui.core.remotes import RemoteModel
+    from influence_tui.core.types import LoadOptions
 
     local = _resolve_model(settings, name)
     if isinstance(local, RemoteModel):
@@ -60,15 +61,7 @@ def _start_engine(
         print(f"Loading {local.name} …", file=sys.stderr, flush=True)
     runner = EngineRunner()
     try:
-        runner.load(
-            local,
-            device=settings.device,
-            device_index=settings.device_index,
-            dtype=settings.dtype,
-            quantize=settings.quantize,
-            cache_dir=settings.cache_dir,
-            on_status=None if quiet else _status_line,
-        )
+        runner.load(local, LoadOptions.from_settings(settings), on_status=None if quiet else _status_line)
     except BaseException:
         runner.close()
         raise

@@ -152,14 +152,9 @@ def _serve(
 
     def load() -> None:
         print(f"Loading {local.name} …", file=sys.stderr, flush=True)
-        runner.load(
-            local,
-            device=settings.device,
-            device_index=settings.device_index,
-            dtype=settings.dtype,
-            quantize=settings.quantize,
-            cache_dir=settings.cache_dir,
-        )
+        from influence_tui.core.types import LoadOptions
+
+        runner.load(local, LoadOptions.from_settings(settings))
 
     def load_failed(exc: BaseException) -> None:
         failures.append(exc)

@@ -128,6 +128,44 @@ Role = Literal["system", "user", "assistant"]
 
 
 @dataclass(frozen=True)
+class LoadOptions:
+    """How to load a model: built once from the settings (:meth:`from_settings`) by every front end and handed
+    to the engine as it is."""
+
+    device: str = "auto"
+    """``auto`` (cuda, then mps, then cpu), ``cpu``, ``cuda`` or ``mps``."""
+    device_index: int = 0
+    dtype: str = "auto"
+    """``auto``, ``float32``, ``bfloat16`` or ``float16`` (packed weights compute in float32 whatever it is)."""
+    quantize: str = "auto"
+    """``auto`` (a GGUF as stored), ``none`` (floats), ``int8`` / ``int4`` (safetensors quantized on load)."""
+    cache_dir: Path | None = None
+    """Where the self-check keeps its verdicts (None: the user cache dir)."""
+
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> LoadOptions:
+        values = {
+            "device": settings.device,
+            "device_index": settings.device_index,
+            "dtype": settings.dtype,
+            "quantize": settings.quantize,
+            "cache_dir": settings.cache_dir,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`~influence_tui.core.engine.loader.load_model`."""
+        return {
+            "device": self.device,
+            "device_index": self.device_index,
+            "dtype": self.dtype,
+            "quantize": self.quantize,
+            "cache_dir": self.cache_dir,
+        }
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """How to pick each next token. Defaults match the settings' defaults; ``None`` switches a filter off."""
 

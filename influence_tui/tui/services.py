@@ -18,7 +18,7 @@ from influence_tui.core.config import Settings
 from influence_tui.core.library import Library
 from influence_tui.core.remotes import RemoteCatalog, RemoteModel
 from influence_tui.core.sessions import SessionStore
-from influence_tui.core.types import LoadedModelInfo, LocalModel
+from influence_tui.core.types import LoadedModelInfo, LoadOptions, LocalModel
 
 if TYPE_CHECKING:
     from textual.dom import DOMNode
@@ -118,17 +118,8 @@ class Services:
             info = remote.load()
             engine = remote
         else:
-            settings = self.settings
             runner = self.runner
-            info = runner.load(
-                model,
-                device=settings.device,
-                device_index=settings.device_index,
-                dtype=settings.dtype,
-                quantize=settings.quantize,
-                cache_dir=settings.cache_dir,
-                on_status=on_status,
-            )
+            info = runner.load(model, LoadOptions.from_settings(self.settings), on_status=on_status)
             engine = runner
         with self._lock:
             self._chat_engine = engine

@@ -11,7 +11,7 @@ from influence_tui.core.engine.runner import EngineRunner
 from influence_tui.core.library import inspect_path
 from influence_tui.core.prompts import plain_transcript, render_prompt
 from influence_tui.core.sessions import build_prompt
-from influence_tui.core.types import ChatMessage
+from influence_tui.core.types import ChatMessage, LoadOptions
 
 
 def test_plain_transcript_for_models_without_a_template() -> None:
@@ -33,7 +33,7 @@ def test_the_session_and_the_runner_send_the_same_prompt(tiny_llama: Path, templ
         ChatMessage("user", "What is the capital of France?"),
     ]
     with EngineRunner() as runner:
-        runner.load(local, device="cpu")
+        runner.load(local, LoadOptions(device="cpu"))
         assert runner.with_model(lambda loaded: bool(loaded.info.has_chat_template)) is template
         sent = runner.apply_chat_template([ChatMessage("system", "Be brief."), *messages])
         plan = runner.with_model(

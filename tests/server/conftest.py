@@ -21,7 +21,7 @@ from influence_tui.core.config import Settings
 from influence_tui.core.engine.generate import generate_stream
 from influence_tui.core.engine.runner import EngineRunner, LoadFn, TokenStream
 from influence_tui.core.library import inspect_path
-from influence_tui.core.types import LocalModel, SamplingParams, TokenEvent
+from influence_tui.core.types import LoadOptions, LocalModel, SamplingParams, TokenEvent
 from influence_tui.server.app import create_app
 
 
@@ -104,7 +104,7 @@ def serve(runner: RecordingRunner, model: LocalModel, settings: Settings | None 
 def tiny_runner(tiny_llama_template: Path) -> Iterator[tuple[RecordingRunner, LocalModel]]:
     model = local_model(tiny_llama_template)
     runner = RecordingRunner()
-    runner.load(model, device="cpu", dtype="float32")
+    runner.load(model, LoadOptions(device="cpu", dtype="float32"))
     yield runner, model
     runner.close()
 

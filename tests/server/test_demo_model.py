@@ -10,6 +10,7 @@ import ollama
 import openai
 import pytest
 
+from influence_tui.core.types import LoadOptions
 from tests.server.conftest import RecordingRunner, Served, serve
 
 pytestmark = pytest.mark.slow
@@ -21,7 +22,7 @@ QUESTION = "What is the capital of France?"
 def demo_server(demo_loaded: Any) -> Iterator[Served]:
     """The session's demo model (loaded once for the whole test run) in a runner of this module's own."""
     runner = RecordingRunner(load_fn=lambda local_model, **kwargs: replace(demo_loaded))  # closing unloads the copy
-    runner.load(demo_loaded.local_model, device="cpu")
+    runner.load(demo_loaded.local_model, LoadOptions(device="cpu"))
     served = serve(runner, demo_loaded.local_model)
     yield served
     served.server.stop()

@@ -32,6 +32,7 @@ from influence_tui.core.types import (
     ChatMessage,
     GenerationStats,
     LoadedModelInfo,
+    LoadOptions,
     LocalModel,
     SamplingParams,
     TokenEvent,
@@ -308,34 +309,18 @@ class EngineRunner:
         return error
 
     def _load(
-        self,
-        local_model: LocalModel,
-        *,
-        device: str,
-        device_index: int,
-        dtype: str,
-        quantize: str,
-        cache_dir: Path | None,
-        on_status: Callable[[str], None] | None,
+        self, local_model: LocalModel, options: LoadOptions, on_status: Callable[[str], None] | None
     ) -> LoadedModelInfo:
         from influence_tui.core.engine import loader
 
-        torch_device = loader.resolve_device(device, device_index)
-        torch_dtype = loader.resolve_dtype(dtype, torch_device)
+        torch_device = loader.resolve_device(options.device, options.device_index)
+        torch_dtype = loader.resolve_dtype(options.dtype, torch_device)
         current = self._loaded
-        if current is not None and current.is_same(local_model, torch_device, torch_dtype, quantize):
+        if current is not None and current.is_same(local_model, torch_device, torch_dtype, options.quantize):
             return current.info
         self._unload()  # before loading the next one: never two models in memory at once
         load_fn = self._load_fn or loader.load_model
-        loaded = load_fn(
-            local_model,
-            device=device,
-            device_index=device_index,
-            dtype=dtype,
-            quantize=quantize,
-            cache_dir=cache_dir,
-            on_status=on_status,
-        )
+        loaded = load_fn(local_model, **options.as_kwargs(), on_status=on_status)
         prompt_tokenizer = copy.deepcopy(loaded.tokenizer)
         with self._tokenizer_lock:
             self._prompt_tokenizer = prompt_tokenizer
@@ -382,28 +367,16 @@ class EngineRunner:
     def load(
         self,
         local_model: LocalModel,
+        options: LoadOptions | None = None,
         *,
-        device: str = "auto",
-        device_index: int = 0,
-        dtype: str = "auto",
-        quantize: str = "auto",
-        cache_dir: Path | None = None,
         on_status: Callable[[str], None] | None = None,
     ) -> LoadedModelInfo:
-        """Load ``local_model`` on the engine thread (blocking). The model already loaded is unloaded first,
-        unless it is the same model on the same device in the same dtype and quantization: then this does
-        nothing. ``on_status`` gets one-time notes (building kernels, preparing the model for fast loads)."""
-        return self.run(
-            lambda: self._load(
-                local_model,
-                device=device,
-                device_index=device_index,
-                dtype=dtype,
-                quantize=quantize,
-                cache_dir=cache_dir,
-                on_status=on_status,
-            )
-        )
+        """Load ``local_model`` on the engine thread (blocking) as ``options`` say (default: every option
+        ``auto``). The model already loaded is unloaded first, unless it is the same model on the same device
+        in the same dtype and quantization: then this does nothing. ``on_status`` gets one-time notes (building
+        kernels, a fallback to transformers)."""
+        chosen = options or LoadOptions()
+        return self.run(lambda: self._load(local_model, chosen, on_status))
 
     def unload(self) -> None:
         """Free the loaded model (after the requests already queued)."""

@@ -17,7 +17,7 @@ from transformers.cache_utils import DynamicCache
 from influence_tui.core.engine.generate import generate_stream
 from influence_tui.core.engine.kvcache import CachedSequence, PromptCache, common_prefix, new_cache
 from influence_tui.core.engine.models.cache import KVCache
-from influence_tui.core.types import ChatMessage, GenerationStats, SamplingParams, TokenEvent
+from influence_tui.core.types import ChatMessage, GenerationStats, LoadOptions, SamplingParams, TokenEvent
 
 GREEDY = SamplingParams(temperature=0.0, repeat_penalty=1.0, max_tokens=12)
 
@@ -359,7 +359,7 @@ def test_two_chat_turns_through_the_runner(tiny_llama: Path, tmp_path: Path, qua
     (local,) = inspect_path(tiny_llama)
     params = SamplingParams(temperature=0.0, max_tokens=10)
     with EngineRunner() as engine:
-        engine.load(local, device="cpu", dtype="float32", quantize=quantize, cache_dir=tmp_path / "cache")
+        engine.load(local, LoadOptions(device="cpu", dtype="float32", quantize=quantize, cache_dir=tmp_path / "cache"))
         turn = [ChatMessage("user", "Hello, how are you today?")]
         first_prompt = engine.apply_chat_template(turn)
         first = engine.submit(first_prompt, params)
@@ -393,7 +393,7 @@ def test_a_continued_conversation_through_the_server(tiny_llama_template: Path) 
 
     def start() -> Any:
         runner = RecordingRunner()
-        runner.load(model, device="cpu", dtype="float32")
+        runner.load(model, LoadOptions(device="cpu", dtype="float32"))
         return serve(runner, model)
 
     warm_server = start()

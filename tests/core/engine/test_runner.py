@@ -21,7 +21,7 @@ import pytest
 from influence_tui.core.engine.runner import EngineRunner, TokenStream
 from influence_tui.core.errors import InfluenceError
 from influence_tui.core.library import inspect_path
-from influence_tui.core.types import ChatMessage, GenerationStats, LocalModel, SamplingParams, TokenEvent
+from influence_tui.core.types import ChatMessage, GenerationStats, LoadOptions, LocalModel, SamplingParams, TokenEvent
 from tests.models import build_tiny_llama
 
 PARAMS = SamplingParams(temperature=0.0, max_tokens=8)
@@ -91,7 +91,7 @@ class Script:
 @pytest.fixture
 def runner(tiny_llama: Path) -> Iterator[EngineRunner]:
     engine = EngineRunner()
-    engine.load(_local(tiny_llama), dtype="float32")
+    engine.load(_local(tiny_llama), LoadOptions(dtype="float32"))
     yield engine
     engine.close()
 
@@ -244,7 +244,7 @@ def test_loading_another_model_releases_the_first(runner: EngineRunner, tmp_path
     assert runner.describe() == f"Loaded tiny-llama on cpu (float32; native runtime) in {first_info.load_s:.1f} s"
 
     other = _local(build_tiny_llama(tmp_path / "other", seed=1))
-    info = runner.load(other, dtype="float32")
+    info = runner.load(other, LoadOptions(dtype="float32"))
 
     gc.collect()
     assert first_ref() is None
@@ -263,10 +263,10 @@ def test_loading_the_same_model_again_is_a_no_op(tiny_llama: Path) -> None:
 
     with EngineRunner(load_fn=counting_load) as engine:
         local = _local(tiny_llama)
-        info = engine.load(local, device="cpu", dtype="float32")
-        assert engine.load(local, device="auto", dtype="float32") is info  # auto is cpu here
+        info = engine.load(local, LoadOptions(device="cpu", dtype="float32"))
+        assert engine.load(local, LoadOptions(device="auto", dtype="float32")) is info  # auto is cpu here
         assert loads == ["float32"]
-        engine.load(local, device="cpu", dtype="bfloat16")  # another dtype: loaded again
+        engine.load(local, LoadOptions(device="cpu", dtype="bfloat16"))  # another dtype: loaded again
         assert loads == ["float32", "bfloat16"]
 
 
@@ -374,7 +374,7 @@ def _real_generate_available() -> bool:
 @pytest.mark.skipif(not _real_generate_available(), reason="generate.py is not in the tree yet")
 def test_real_generation_with_the_tiny_model(tiny_llama: Path) -> None:
     with EngineRunner() as engine:
-        engine.load(_local(tiny_llama), dtype="float32")
+        engine.load(_local(tiny_llama), LoadOptions(dtype="float32"))
         prompt = engine.apply_chat_template([ChatMessage("user", "Hello!")])
         first = engine.submit(prompt, PARAMS)
         events = list(first)
@@ -396,7 +396,7 @@ def test_real_chat_with_the_demo_model(demo_loaded: Any) -> None:
     # A runner over the session's demo model: its own LoadedModel sharing the weights, so closing the runner
     # unloads only that handle.
     with EngineRunner(load_fn=lambda local_model, **kwargs: replace(demo_loaded)) as engine:
-        engine.load(demo_loaded.local_model, device="cpu")
+        engine.load(demo_loaded.local_model, LoadOptions(device="cpu"))
         prompt = engine.apply_chat_template([ChatMessage("user", "What is the capital of France?")])
         stream = engine.submit(prompt, SamplingParams(temperature=0.0, max_tokens=24))
         text = stream.text()
