@@ -134,9 +134,16 @@ class RMSNorm(nn.Module):
 # ------------------------------------------------------------------------------------------ builders
 
 
+class ConsumedWeights(dict[str, Weight]):
+    """The weights of one load, given up by :func:`take` as the model takes each matrix: joining q|k|v or
+    gate|up makes new matrices, and the parts must not stay alive beside them (a load would otherwise peak at
+    twice the weights). The file loaders hand the model builders one of these; any other mapping is only read."""
+
+
 def take(weights: Weights, name: str) -> Weight:
-    """``weights[name]``, or a :class:`ModelFormatError` naming what is missing."""
-    value = weights.get(name)
+    """``weights[name]`` (removed from a :class:`ConsumedWeights`), or a :class:`ModelFormatError` naming what
+    is missing."""
+    value = weights.pop(name, None) if isinstance(weights, ConsumedWeights) else weights.get(name)
     if value is None:
         raise ModelFormatError(f"the weights have no {name}")
     return value

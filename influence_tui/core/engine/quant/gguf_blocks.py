@@ -193,7 +193,10 @@ def _pack_tensor(raw: np.ndarray, ggml_type: int, shape: tuple[int, int]) -> tup
         raise ValueError(f"rows of {k} are not whole blocks of {block}")
     raw = np.asarray(raw, dtype=np.uint8).reshape(n, k // block * type_size)
     if ggml_type in (F32, F16, BF16):
-        plain = torch.from_numpy(raw.view({F32: np.float32, F16: np.float16, BF16: np.int16}[ggml_type]).copy())
+        typed = raw.view({F32: np.float32, F16: np.float16, BF16: np.int16}[ggml_type])
+        # memory of its own already (the reader reads each tensor into a new array): kept, not copied again
+        owned = typed.flags.writeable and typed.flags.c_contiguous and typed.base is not None
+        plain = torch.from_numpy(typed if owned else typed.copy())
         if ggml_type == BF16:
             return PackedWeight("bf16", (n, k), plain.view(torch.bfloat16)), False
         return PackedWeight("f32" if ggml_type == F32 else "f16", (n, k), plain), False

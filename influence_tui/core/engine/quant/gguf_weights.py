@@ -1,8 +1,8 @@
 """A GGUF file's weights read as they are stored: quantized matrices become :class:`PackedWeight` s, not floats.
 
 transformers' GGUF path dequantizes every tensor to float32 at load, so a 4-bit file takes about eight times
-its size in memory. Here the tensor table is parsed with :mod:`influence_tui.core.formats`' cursor (gguf-py's
-``GGUFReader`` takes seconds decoding the tokenizer arrays), the tensor data is memory-mapped with numpy, and
+its size in memory. Here the tensor table is parsed by :func:`influence_tui.core.formats.read_gguf_tables`
+(gguf-py's ``GGUFReader`` takes seconds decoding the tokenizer arrays), the tensor data is memory-mapped with numpy, and
 each matrix is re-laid out into one of :mod:`.packed`'s kinds, vectorized over chunks of whole rows:
 
 ========  =====================================================================================
@@ -35,7 +35,6 @@ caller can fall back to transformers' path.
 
 from __future__ import annotations
 
-import contextlib
 import mmap
 import struct
 from collections.abc import Mapping
@@ -154,6 +153,9 @@ def read_gguf_weights(path: Path, config: PretrainedConfig | Mapping[str, Any] |
     return _read_weights(Path(path), config, {}, known=_ARCHITECTURES)[1]
 
 
+_PLAIN_TYPES = frozenset({0, 1, 30})
+"""GGML F32, F16 and BF16: kept in memory as they are in the file."""
+
 NATIVE_EXTRA_TENSORS = {"rope_freqs.weight": "rope_freqs"}
 """GGUF tensors with no HF parameter that the native models read, by the name they get: llama.cpp stores Llama
 3's rope scaling as per-frequency factors (``rope_freqs.weight``)."""
@@ -197,10 +199,42 @@ def _read_weights(
     heads = _hparam(metadata, f"{arch_name}.attention.head_count", config, "num_attention_heads")
     kv_heads = _hparam(metadata, f"{arch_name}.attention.head_count_kv", config, "num_key_value_heads") or heads
 
-    with open(path, "rb") as fh:
-        mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    data = np.frombuffer(mapped, dtype=np.uint8, count=file_size)
     result = GGUFWeights(arch_name, {})
+    with open(path, "rb", buffering=0) as fh:
+        _read_tensors(
+            fh,
+            path,
+            infos,
+            names=names,
+            arch=arch,
+            result=result,
+            native=native,
+            heads=heads,
+            kv_heads=kv_heads,
+            size=file_size,
+        )
+    return metadata, result
+
+
+def _read_tensors(
+    fh: Any,
+    path: Path,
+    infos: list[_TensorInfo],
+    *,
+    names: Mapping[str, str],
+    arch: GGUFArchitecture,
+    result: GGUFWeights,
+    native: bool,
+    heads: int | None,
+    kv_heads: int | None,
+    size: int,
+) -> None:
+    """Each tensor's bytes read from the file in one sequential read (several times faster than faulting in
+    a memory map page by page, and the file's pages never count in the process's memory), then packed. Plain
+    float tensors are read into memory of their own, which they keep; quantized ones into one scratch buffer
+    reused from tensor to tensor (packing copies them out), so a load allocates little besides the result."""
+    file_size = size
+    scratch = np.empty(0, dtype=np.uint8)
     for info in infos:
         hf_name = names.get(info.name)
         if hf_name is None:
@@ -219,7 +253,12 @@ def _read_weights(
             nbytes = count // block * type_size
             if info.offset + nbytes > file_size:
                 raise ValueError("it runs past the end of the file (truncated?)")
-            raw = data[info.offset : info.offset + nbytes]
+            if info.ggml_type in _PLAIN_TYPES:
+                raw = _read_bytes(fh, info.offset, np.empty(nbytes, dtype=np.uint8))
+            else:
+                if scratch.size < nbytes:
+                    scratch = np.empty(nbytes, dtype=np.uint8)
+                raw = _read_bytes(fh, info.offset, scratch[:nbytes])
             if len(info.shape) == 1:
                 vector = _vector(raw, info.ggml_type, count)
                 if n_head is not None:
@@ -244,17 +283,20 @@ def _read_weights(
                 raise ModelFormatError(f"{path.name}: tensor {info.name} has {len(info.shape)} dimensions")
         except ValueError as exc:
             raise ModelFormatError(f"{path.name}: tensor {info.name}: {exc}") from exc
-        _release(mapped, info.offset, nbytes)
-    return metadata, result
 
 
-def _release(mapped: mmap.mmap, offset: int, nbytes: int) -> None:
-    """Drop the file pages of a tensor already copied out (they are clean: a later read of a vector kept as a
-    view faults them in again), so the peak memory of a load is the packed copy, not the copy plus the file."""
-    start = offset - offset % mmap.PAGESIZE
-    if nbytes > 0 and hasattr(mmap, "MADV_DONTNEED"):
-        with contextlib.suppress(OSError, ValueError):
-            mapped.madvise(mmap.MADV_DONTNEED, start, offset + nbytes - start)
+def _read_bytes(fh: Any, offset: int, out: np.ndarray) -> np.ndarray:
+    """``len(out)`` bytes of the file from ``offset`` into ``out``."""
+    nbytes = out.size
+    view = out.data
+    fh.seek(offset)
+    done = 0
+    while done < nbytes:
+        got = fh.readinto(view[done:])
+        if not got:
+            raise ValueError("it runs past the end of the file (truncated?)")
+        done += got
+    return out
 
 
 # ------------------------------------------------------------------------------------------ the file

@@ -20,7 +20,7 @@ import torch
 
 from influence_tui.core.engine.models.base import CausalLM
 from influence_tui.core.engine.models.config import ModelConfig, native_architecture
-from influence_tui.core.engine.models.layers import Weight
+from influence_tui.core.engine.models.layers import ConsumedWeights, Weight
 from influence_tui.core.engine.models.registry import build_model
 from influence_tui.core.engine.quant.gguf_weights import GGUFArchitecture, read_gguf_file
 from influence_tui.core.engine.quant.packed import PackedWeight, dequantize
@@ -72,17 +72,21 @@ def load_gguf_model(
     metadata, read = read_gguf_file(path, ARCHITECTURES)
     if any(name.startswith("rope_factors") for name in read.unmapped):
         raise ModelFormatError(f"{path.name}: LongRoPE scaling (rope_factors_long/short) is not supported natively")
-    tensors: dict[str, Weight] = dict(read.tensors)
+    tied = read.tied_embeddings
+    tensors = ConsumedWeights(read.tensors)
+    read.tensors.clear()  # one dict holds the matrices: the model builder gives each up as it takes it
     embed = tensors.get("model.embed_tokens.weight")
     if embed is None:
         raise ModelFormatError(f"{path.name} has no token embedding (token_embd.weight)")
     config = ModelConfig.from_gguf_metadata(metadata, vocab_size=embed.shape[0])
     # Gemma's converter stores norm weights as 1 + w: the offset is in the weights already.
-    config = config.with_(vocab_size=int(embed.shape[0]), tie_word_embeddings=read.tied_embeddings, norm_offset=0.0)
+    config = config.with_(vocab_size=int(embed.shape[0]), tie_word_embeddings=tied, norm_offset=0.0)
     if config.num_experts:
-        tensors = _per_expert(tensors, config.num_experts)
+        tensors = ConsumedWeights(_per_expert(tensors, config.num_experts))
     if quantize == "none":
-        tensors = {k: dequantize(v, dtype) if isinstance(v, PackedWeight) else v for k, v in tensors.items()}
+        tensors = ConsumedWeights(
+            {k: dequantize(v, dtype) if isinstance(v, PackedWeight) else v for k, v in tensors.items()}
+        )
     model = build_model(config, tensors, dtype=dtype)
     return model, config, metadata
 

@@ -18,7 +18,7 @@ import torch
 
 from influence_tui.core.engine.models.base import CausalLM
 from influence_tui.core.engine.models.config import ModelConfig
-from influence_tui.core.engine.models.layers import Weight
+from influence_tui.core.engine.models.layers import ConsumedWeights
 from influence_tui.core.engine.models.registry import build_model
 from influence_tui.core.engine.quant.modules import quantize_model_weights
 from influence_tui.core.errors import ModelFormatError
@@ -92,7 +92,7 @@ def load_safetensors_model(
         raise ModelFormatError(f"quantize {quantize} keeps weights packed for the CPU kernels, not {target}")
     config = ModelConfig.from_hf_config(read_json_object(folder / "config.json"))
     float_dtype = torch.float32 if packed else dtype  # packed models keep norms and biases in float32
-    tensors: dict[str, Weight] = {}
+    tensors = ConsumedWeights()
     for file in weight_files(folder):
         with safe_open(str(file), framework="pt", device="cpu") as handle:
             for name in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
