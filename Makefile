@@ -60,9 +60,10 @@ test: $(STAMP) ## Install (once) and run the whole test suite
 test-fast: $(STAMP) ## Run the tests that load no real model
 	$(BIN)/pytest -m "not slow"
 
-lint: $(STAMP) ## ruff check and format check
+lint: $(STAMP) ## ruff check, format check and the import contracts (the layers, in pyproject.toml)
 	$(BIN)/ruff check influence_tui tests bench
 	$(BIN)/ruff format --check influence_tui tests bench
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP) ## mypy --strict on the package
 	$(BIN)/mypy

@@ -371,7 +371,8 @@ def _hub_flags(p: argparse.ArgumentParser) -> None:
 
 def register(add: AddCommand) -> None:
     from influence_tui.core.downloads import DEFAULT_PARALLEL
-    from influence_tui.core.hub import DEFAULT_CONTEXT, DEFAULT_LIMIT, SORTS
+    from influence_tui.core.hub import DEFAULT_LIMIT, SORTS
+    from influence_tui.core.memory import DEFAULT_CONTEXT
 
     p = add("search", cmd_search, "search the Hub for models")
     p.add_argument("query", nargs="?", metavar="QUERY", help="text the model id contains")

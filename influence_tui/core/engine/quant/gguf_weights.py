@@ -36,7 +36,6 @@ caller can fall back to transformers' path.
 from __future__ import annotations
 
 import mmap
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +56,7 @@ from influence_tui.core.engine.quant.gguf_blocks import (
 )
 from influence_tui.core.engine.quant.packed import PackedWeight
 from influence_tui.core.errors import ModelFormatError
-from influence_tui.core.formats import GGML_TYPE_NAMES, FormatError, _Cursor, read_gguf_metadata
+from influence_tui.core.formats import GGML_TYPE_NAMES, FormatError, read_gguf_tables
 
 __all__ = [
     "GGUFArchitecture",
@@ -303,28 +302,19 @@ def _read_bytes(fh: Any, offset: int, out: np.ndarray) -> np.ndarray:
 
 
 def _read_table(path: Path) -> tuple[dict[str, Any], list[_TensorInfo], int]:
-    """The metadata (arrays stepped over), the tensor table with absolute offsets, and the file size."""
+    """The metadata (arrays stepped over), the tensor table with absolute offsets, and the file size. A malformed
+    file raises :class:`ModelFormatError` naming it, in time and memory bounded by its size."""
     try:
         with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            cur = _Cursor(buf)
-            _version, tensor_count, metadata = read_gguf_metadata(cur, lambda _key, vtype: vtype != _GGUF_ARRAY)
-            table: list[tuple[str, tuple[int, ...], int, int]] = []
-            for _ in range(tensor_count):
-                name = cur.string()
-                n_dims = cur.u32()
-                cur.need(8 * n_dims)
-                dims = struct.unpack_from(f"<{n_dims}Q", buf, cur.pos)
-                cur.pos += 8 * n_dims
-                table.append((name, tuple(reversed(dims)), cur.u32(), cur.u64()))
-            alignment = metadata.get("general.alignment")
-            alignment = alignment if isinstance(alignment, int) and alignment > 0 else 32
-            start = cur.pos + (-cur.pos % alignment)
-            size = cur.size
+            tables = read_gguf_tables(buf, lambda _key, vtype: vtype != _GGUF_ARRAY)
     except FormatError as exc:
-        raise ModelFormatError(f"{path.name}: {exc}") from exc
+        raise ModelFormatError(f"{path.name}: {exc.reason}") from exc
     except (OSError, ValueError) as exc:  # mmap of an empty file raises ValueError
         raise ModelFormatError(f"{path.name}: cannot read the file: {exc}") from exc
-    return metadata, [_TensorInfo(name, shape, t, start + off) for name, shape, t, off in table], size
+    infos = [
+        _TensorInfo(t.name, tuple(reversed(t.dims)), t.ggml_type, tables.data_start + t.offset) for t in tables.tensors
+    ]
+    return tables.metadata, infos, tables.size
 
 
 def _hparam(metadata: Mapping[str, Any], key: str, config: Any, attr: str) -> int | None:
