@@ -33,7 +33,9 @@ async def _library(size: tuple[int, int], name: str) -> Path:
 # ------------------------------------------------------------------------------------------ chat, dialogs
 
 
-async def _chat_screen(size: tuple[int, int], name: str, scene: str, *, sessions: bool = False) -> Path:
+async def _chat_screen(
+    size: tuple[int, int], name: str, scene: str, *, sessions: bool = False, replies: tuple[str, ...] | None = None
+) -> Path:
     """The chat screen or one of its (or the library's) dialogs, on the scripted engine and the fixed library of
     the snapshot tests (tests/tui/scenes.py): a conversation with a code block and a table, fixed figures."""
     from dataclasses import replace
@@ -46,7 +48,7 @@ async def _chat_screen(size: tuple[int, int], name: str, scene: str, *, sessions
     if sessions:
         scenes.save_sessions(settings.sessions_dir)
     with scenes.utc():
-        app = scenes.make_app(settings)
+        app = scenes.make_app(settings, replies) if replies else scenes.make_app(settings)
         async with app.run_test(size=size) as pilot:
             await getattr(scenes, scene)(pilot)
             return Path(app.save_screenshot(filename=f"{name}.svg", path=str(OUT)))
@@ -63,7 +65,15 @@ def chat_shots() -> list[Path]:
         asyncio.run(_chat_screen((120, 36), "dialog-code-120x36", "code_picker")),
         asyncio.run(_chat_screen((120, 36), "dialog-remove-120x36", "remove_dialog")),
         asyncio.run(_chat_screen((120, 36), "dialog-import-120x36", "import_dialog")),
+        asyncio.run(_chat_screen((120, 36), "chats-search-120x36", "chats_search", sessions=True)),
+        asyncio.run(_chat_screen((120, 36), "branches-120x36", "branches", replies=scenes_replies())),
     ]
+
+
+def scenes_replies() -> tuple[str, ...]:
+    from tests.tui import scenes
+
+    return scenes.BRANCH_REPLIES
 
 
 # ------------------------------------------------------------------------------------------ hub search, downloads

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from influence_tui import __version__
-from influence_tui.cli import engine_cmds, hub_cmds, library_cmds, remote_cmds, server_cmds
+from influence_tui.cli import engine_cmds, hub_cmds, library_cmds, remote_cmds, server_cmds, session_cmds
 from influence_tui.cli.common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from influence_tui.core.errors import InfluenceError
 
@@ -25,7 +25,7 @@ class AddCommand(Protocol):
 
 
 #: Command modules, in the order their commands appear in ``--help``.
-COMMAND_MODULES = (hub_cmds, engine_cmds, server_cmds, library_cmds, remote_cmds)
+COMMAND_MODULES = (hub_cmds, engine_cmds, server_cmds, library_cmds, remote_cmds, session_cmds)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -192,7 +192,8 @@ def _read_message(prompt: str) -> str | None:
 def cmd_chat(args: argparse.Namespace) -> int:
     from influence_tui.core import slash
     from influence_tui.core.chat import finish_reply, is_remote, start_reply
-    from influence_tui.core.sessions import ChatSession, SessionStore, load_session
+    from influence_tui.core.sessions import ChatSession, load_session
+    from influence_tui.core.store import ChatStore
 
     settings = settings_from(args)
     params = _params(settings, args)
@@ -208,7 +209,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
         if not args.session:
             session = ChatSession.from_settings(settings, model=local.name, system_prompt=args.system)
             session.params = params
-        store = SessionStore(settings.sessions_dir)
+        store: ChatStore | None
+        try:
+            store = ChatStore.for_sessions_dir(settings.sessions_dir).open()
+        except InfluenceError as exc:
+            print(f"warning: this chat is not saved: {exc}", file=sys.stderr)
+            store = None
         interactive = sys.stdin.isatty()
         if interactive:
             print(_CHAT_BANNER.format(name=local.name))
@@ -240,6 +246,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
                     continue
             else:
                 session.add_user(line)
+            if store is not None:
+                store.autosave(session)  # the message is kept even if the reply never comes
             try:
                 reply = start_reply(runner, session, threading.Event())
             except InfluenceError as exc:

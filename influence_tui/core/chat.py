@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from influence_tui.core.engine.remote import RemoteEngine
     from influence_tui.core.engine.runner import EngineRunner, TokenStream
     from influence_tui.core.sessions import ChatSession, PromptPlan, SessionStore
+    from influence_tui.core.store import ChatStore
 
     ChatEngine: TypeAlias = "EngineRunner | RemoteEngine"
     """What a front end chats through: the local engine runner, or a remote engine (its chats leave the machine)."""
@@ -65,7 +66,10 @@ def start_reply(runner: ChatEngine, session: ChatSession, stop_event: threading.
 
 
 def finish_reply(
-    session: ChatSession, text: str, stats: GenerationStats | None, store: SessionStore | None = None
+    session: ChatSession,
+    text: str,
+    stats: GenerationStats | None,
+    store: SessionStore | ChatStore | None = None,
 ) -> None:
     """Record the reply (even a cancelled, partial one: nothing the user saw is lost) and autosave."""
     if text or stats is None or stats.finish_reason != "cancelled":

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TypeAlias
 
 from influence_tui.core.errors import InfluenceError
+from influence_tui.core.export import export_markdown
 from influence_tui.core.sessions import (
     PARAM_NAMES,
     ChatSession,
@@ -28,6 +29,7 @@ from influence_tui.core.sessions import (
     load_session,
     param_doc,
 )
+from influence_tui.core.store import ChatStore
 from influence_tui.core.types import ChatMessage, GenerationStats
 
 # ------------------------------------------------------------------------------------------ the commands
@@ -47,8 +49,8 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("help", "/help [COMMAND]", "show the commands, or how to use one", ("?",)),
     CommandSpec("clear", "/clear", "start a new conversation (the system prompt and parameters are kept)"),
     CommandSpec("history", "/history", "show every message of this conversation"),
-    CommandSpec("retry", "/retry", "answer your last message again"),
-    CommandSpec("undo", "/undo", "remove your last message and its reply"),
+    CommandSpec("retry", "/retry", "answer your last message again (the old reply is kept as an alternative)"),
+    CommandSpec("undo", "/undo", "step back over your last exchange (the chat store keeps it as a branch)"),
     CommandSpec("system", "/system [TEXT | --clear]", "show the system prompt, set it, or remove it"),
     CommandSpec("set", "/set [PARAM VALUE]", "change a sampling parameter; alone, list them"),
     CommandSpec("params", "/params", "list the sampling parameters and their values"),
@@ -56,6 +58,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("title", "/title TEXT", "rename this conversation"),
     CommandSpec("save", "/save FILE", "save this conversation to a JSON file"),
     CommandSpec("load", "/load FILE|ID", "load a conversation from a JSON file or the saved sessions"),
+    CommandSpec("export", "/export FILE", "write this conversation to a Markdown file (model, parameters, dates)"),
     CommandSpec("sessions", "/sessions", "list the saved conversations"),
     CommandSpec("quit", "/quit", "leave the chat", ("exit", "q")),
 )
@@ -134,6 +137,11 @@ class Load:
 
 
 @dataclass(frozen=True)
+class Export:
+    path: str
+
+
+@dataclass(frozen=True)
 class Sessions:
     pass
 
@@ -163,6 +171,7 @@ SlashCommand: TypeAlias = (
     | Title
     | Save
     | Load
+    | Export
     | Sessions
     | Quit
     | Invalid
@@ -231,6 +240,8 @@ def parse(line: str) -> SlashCommand | None:
         return Title(rest)
     if name == "save":
         return Save(_unquote(rest))
+    if name == "export":
+        return Export(_unquote(rest))
     return Load(_unquote(rest))
 
 
@@ -320,7 +331,18 @@ def format_stats(stats: GenerationStats) -> str:
     return " · ".join(parts)
 
 
-def sessions_text(store: SessionStore, *, limit: int = 20) -> str:
+def sessions_text(store: SessionStore | ChatStore, *, limit: int = 20) -> str:
+    if isinstance(store, ChatStore):
+        chats = store.list(limit=limit + 1)
+        if not chats:
+            return f"No saved chats in {store.path}"
+        lines = [f"Saved chats in {store.path} (load one with /load ID):"]
+        for chat in chats[:limit]:
+            when = chat.updated_at[:16].replace("T", " ")
+            lines.append(f"  {chat.id}  {when}  {chat.message_count:>3} messages  {chat.title}")
+        if len(chats) > limit:
+            lines.append(f"  … and {store.count() - limit} older (influence sessions list shows them all)")
+        return "\n".join(lines)
     listing = store.scan()
     if not listing.sessions and not listing.problems:
         return f"No saved sessions in {store.sessions_dir}"
@@ -350,13 +372,13 @@ def execute(
     command: SlashCommand,
     session: ChatSession,
     *,
-    store: SessionStore | None = None,
+    store: SessionStore | ChatStore | None = None,
     base_dir: Path | None = None,
 ) -> SlashResult:
     """Apply ``command`` to ``session`` (changing it in place) and say what happened.
 
     ``store`` lets /load take a saved session's id and enables /sessions; ``base_dir`` is where relative file
-    names of /save and /load point (default: the working dir). Errors the user can cause come back as a
+    names of /save, /load and /export point (default: the working dir). Errors the user can cause come back as a
     result with ``ok=False``, never as an exception.
     """
     try:
@@ -366,7 +388,7 @@ def execute(
 
 
 def run(
-    line: str, session: ChatSession, *, store: SessionStore | None = None, base_dir: Path | None = None
+    line: str, session: ChatSession, *, store: SessionStore | ChatStore | None = None, base_dir: Path | None = None
 ) -> SlashResult | None:
     """Parse and execute ``line``; None when it is chat text."""
     command = parse(line)
@@ -376,7 +398,7 @@ def run(
 
 
 def _execute(
-    command: SlashCommand, session: ChatSession, store: SessionStore | None, base_dir: Path | None
+    command: SlashCommand, session: ChatSession, store: SessionStore | ChatStore | None, base_dir: Path | None
 ) -> SlashResult:
     if isinstance(command, Invalid):
         return _error(command.message)
@@ -431,15 +453,22 @@ def _execute(
             path = path.with_suffix(".json")
         written = session.save(path)
         return SlashResult(f"✓ Conversation saved to: {written}", path=written)
+    if isinstance(command, Export):
+        path = resolve_path(command.path, base_dir)
+        if not path.suffix:
+            path = path.with_suffix(".md")
+        written = export_markdown(session, path)
+        return SlashResult(f"✓ Conversation exported to: {written}", path=written)
     if isinstance(command, Load):
-        loaded, path = _load(command.target, store, base_dir, session)
+        loaded, source = _load(command.target, store, base_dir, session)
         if loaded.model is None:
             loaded.model = session.model
+        where = source if source is not None else f"the saved chats ({loaded.id})"
         return SlashResult(
-            f"✓ Loaded session from: {path}\n  Messages: {len(loaded.messages)}",
+            f"✓ Loaded session from: {where}\n  Messages: {len(loaded.messages)}",
             SlashAction.RELOAD,
             session=loaded,
-            path=path,
+            path=source,
         )
     if isinstance(command, Sessions):
         if store is None:
@@ -449,15 +478,17 @@ def _execute(
 
 
 def _load(
-    target: str, store: SessionStore | None, base_dir: Path | None, current: ChatSession
-) -> tuple[ChatSession, Path]:
+    target: str, store: SessionStore | ChatStore | None, base_dir: Path | None, current: ChatSession
+) -> tuple[ChatSession, Path | None]:
     defaults = current.params
     path = resolve_path(target, base_dir)
     candidates = [path] if path.suffix else [path, path.with_suffix(".json")]
     for candidate in candidates:
         if candidate.exists():
             return load_session(candidate, defaults=defaults), candidate
-    if store is not None and len(Path(target).parts) == 1:
+    if isinstance(store, ChatStore) and len(Path(target).parts) == 1:
+        return store.load(target, defaults=defaults), None
+    if isinstance(store, SessionStore) and len(Path(target).parts) == 1:
         found = store.find(target)
         return load_session(found, defaults=defaults), found
     return load_session(path, defaults=defaults), path  # raises: no such file

@@ -28,7 +28,7 @@ from influence_tui.core.config import Settings
 from influence_tui.core.errors import InfluenceError
 from influence_tui.core.library import Library
 from influence_tui.core.remotes import RemoteCatalog, RemoteModel, resolve_model
-from influence_tui.core.sessions import SessionStore
+from influence_tui.core.store import ChatStore
 from influence_tui.tui.download_service import DownloadService, DownloadUpdated
 from influence_tui.tui.messages import ChatWithModel, ModelLoaded, ModelLoadFailed, ModelLoading
 from influence_tui.tui.paths import stylesheet
@@ -78,7 +78,7 @@ class InfluenceApp(App[None]):
         *,
         runner_factory: RunnerFactory | None = None,
         library: Library | None = None,
-        store: SessionStore | None = None,
+        store: ChatStore | None = None,
         remotes: RemoteCatalog | None = None,
         load_model: bool = True,
     ) -> None:

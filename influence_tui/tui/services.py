@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 from influence_tui.core.config import Settings
 from influence_tui.core.library import Library
 from influence_tui.core.remotes import RemoteCatalog, RemoteModel
-from influence_tui.core.sessions import SessionStore
+from influence_tui.core.store import ChatStore
 from influence_tui.core.types import LoadedModelInfo, LoadOptions, LocalModel
 
 if TYPE_CHECKING:
@@ -73,12 +73,13 @@ class Services:
         *,
         runner_factory: RunnerFactory | None = None,
         library: Library | None = None,
-        store: SessionStore | None = None,
+        store: ChatStore | None = None,
         remotes: RemoteCatalog | None = None,
     ) -> None:
         self.settings = settings
         self.library = library if library is not None else Library(settings)
-        self.store = store if store is not None else SessionStore(settings.sessions_dir)
+        self.store = store if store is not None else ChatStore.for_sessions_dir(settings.sessions_dir)
+        """The chats (SQLite; opened on first use, off the UI thread)."""
         self.remotes = remotes if remotes is not None else RemoteCatalog()
         """The configured remotes and a cached listing of their models (the library and the model picker)."""
         self._runner_factory = runner_factory or default_runner
@@ -140,6 +141,7 @@ class Services:
             self._chat_engine = None
         for remote in remotes:
             remote.close()
+        self.store.close()
         if runner is not None:
             runner.close(timeout=5.0)
 

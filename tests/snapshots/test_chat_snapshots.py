@@ -50,3 +50,19 @@ def test_dialog(snap_compare, fixed: Settings, scene: str) -> None:  # type: ign
 @pytest.mark.parametrize("scene", ["offer_to_continue", "open_dialog"])
 def test_session_dialog(snap_compare, with_sessions: Settings, scene: str) -> None:  # type: ignore[no-untyped-def]
     assert snap_compare(scenes.make_app(with_sessions), terminal_size=(120, 36), run_before=getattr(scenes, scene))
+
+
+SIZES = [(80, 24), (120, 36)]
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("scene", ["chats_pane", "chats_search"])
+def test_chats(snap_compare, with_sessions: Settings, scene: str, size: tuple[int, int]) -> None:  # type: ignore[no-untyped-def]
+    assert snap_compare(scenes.make_app(with_sessions), terminal_size=size, run_before=getattr(scenes, scene))
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("scene", ["branches", "editing"])
+def test_branches(snap_compare, fixed: Settings, scene: str, size: tuple[int, int]) -> None:  # type: ignore[no-untyped-def]
+    app = scenes.make_app(fixed, replies=scenes.BRANCH_REPLIES)
+    assert snap_compare(app, terminal_size=size, run_before=getattr(scenes, scene))

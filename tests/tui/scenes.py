@@ -211,3 +211,60 @@ async def import_dialog(pilot: Pilot[None]) -> None:
     field.value = "~/Downloads/mistral-7b-instruct.Q4_K_M.gguf"
     field.cursor_position = len(field.value)
     await still(pilot)
+
+
+# ------------------------------------------------------------------------------------------ chats and branches
+
+BRANCH_QUESTION = "Suggest a colour for the logo of a note-taking app."
+BRANCH_REPLIES = (
+    "**Teal**: calm, focused and easy to read on light and dark backgrounds.",
+    "**Amber**: warm and friendly; it stands out in a dock full of blue icons.",
+)
+
+
+async def chats_pane(pilot: Pilot[None]) -> None:
+    """The conversations pane opened with Ctrl+R over the saved chats."""
+    await ready(pilot)
+    await pilot.press("ctrl+r")
+    await settle(pilot)
+    await still(pilot)
+
+
+async def chats_search(pilot: Pilot[None]) -> None:
+    """A search in the pane: the chats found, the matches highlighted."""
+    await ready(pilot)
+    await pilot.press("ctrl+f")
+    await pilot.press(*"local models")
+    await settle(pilot)
+    await pilot.pause(0.05)
+    await settle(pilot)
+    await still(pilot)
+
+
+async def branches(pilot: Pilot[None]) -> None:
+    """A regenerated reply: the second of two alternatives, the message focused (Left/Right switch)."""
+    await ready(pilot)
+    await ask(pilot, BRANCH_QUESTION)
+    await pilot.press("ctrl+up", "r")
+    for _ in range(500):
+        await pilot.pause(0.01)
+        if not getattr(pilot.app.screen, "busy", False):
+            break
+    await settle(pilot)
+    from influence_tui.tui.widgets.chat_log import ChatLog
+
+    pilot.app.screen.query_one(ChatLog).message_views[-1].focus()
+    await still(pilot)
+
+
+async def editing(pilot: Pilot[None]) -> None:
+    """An earlier message of the user's being edited in the prompt (Enter sends it as a new branch)."""
+    await ready(pilot)
+    await ask(pilot, BRANCH_QUESTION)
+    await pilot.press("ctrl+up", "up", "e")
+    await settle(pilot)
+    from influence_tui.tui.widgets.prompt_input import PromptInput
+
+    prompt = pilot.app.screen.query_one(PromptInput)
+    prompt.set_text("Suggest a colour for the logo of a calendar app.")
+    await still(pilot)

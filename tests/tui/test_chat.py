@@ -9,7 +9,7 @@ from pathlib import Path
 from textual.widgets import Input, Markdown
 from textual.widgets.markdown import MarkdownStream
 
-from influence_tui.core.sessions import load_session
+from influence_tui.core.store import ChatStore
 from influence_tui.tui.screens.chat import ChatScreen
 from tests.fakes import ScriptedRunner
 from tests.tui.harness import UI, run_chat
@@ -62,10 +62,9 @@ def test_send_streams_the_reply_as_markdown_and_records_it(settings: object, iso
         assert "Ask anything" not in shown  # the welcome note went with the first message
         assert "TTFT 0.12 s · 42.0 tok/s" in shown
         assert ui.prompt.text == ""
-        # autosaved after the reply, off the UI thread
-        saved = list((isolated_env / "data" / "sessions").glob("*.json"))
-        assert len(saved) == 1
-        assert [m.content for m in load_session(saved[0]).messages] == ["Show me some code", CODE_REPLY]
+        # in the chat store (the message when sent, the reply when done)
+        stored = ChatStore.for_sessions_dir(isolated_env / "data" / "sessions").load(ui.chat.session.id)
+        assert [m.content for m in stored.messages] == ["Show me some code", CODE_REPLY]
 
     run_chat(scenario, replies=[CODE_REPLY])
 

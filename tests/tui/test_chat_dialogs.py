@@ -8,6 +8,7 @@ from pathlib import Path
 from textual.widgets import Checkbox, DataTable, Input
 
 from influence_tui.core.sessions import ChatSession, SessionStore, load_session
+from influence_tui.core.store import ChatStore
 from influence_tui.tui.dialogs.confirm import ConfirmDialog
 from influence_tui.tui.dialogs.model_picker import ModelPickerDialog
 from influence_tui.tui.dialogs.sessions import LoadSessionDialog
@@ -51,9 +52,9 @@ def test_save_names_the_chat_and_puts_it_in_the_store(isolated_env: Path) -> Non
         await ui.pilot.pause()
         assert isinstance(ui.app.screen, ChatScreen)
         assert ui.chat.session.title == "Monads explained"
-        files = list((isolated_env / "data" / "sessions").glob("*.json"))
-        assert len(files) == 1
-        assert load_session(files[0]).title == "Monads explained"
+        store = ChatStore.for_sessions_dir(isolated_env / "data" / "sessions")
+        assert [c.title for c in store.list()] == ["Monads explained"]  # in the chat store, not a JSON file
+        assert store.load(ui.chat.session.id).messages == ui.chat.session.messages
         assert any("Saved as “Monads explained”" in n for _, n in ui.notes)
 
         # a path saves a copy there
@@ -116,22 +117,23 @@ def test_reopening_offers_to_continue_the_last_chat(isolated_env: Path) -> None:
     saved_session(sessions_dir, "", ["Last question", "Last answer"], "2026-01-05T08:00:00+00:00")
 
     async def accept(ui: UI) -> None:
-        dialog = ui.app.screen
-        assert isinstance(dialog, ConfirmDialog)
-        assert "Continue your last chat?" in ui.text()
-        assert "“Last question”" in ui.text()
-        await ui.pilot.press("enter")  # Continue has the focus
+        # The JSON sessions were imported into the chat store at this first start; the offer is a note in the
+        # log (no dialog: the keyboard stays in the prompt), and Enter on the empty prompt takes it.
+        assert isinstance(ui.app.screen, ChatScreen)
+        assert "Continue your last chat? “Last question”" in ui.text()
+        await ui.pilot.press("enter")
         await ui.app.workers.wait_for_complete()
         await ui.pilot.pause()
         assert [m.content for m in ui.chat.session.messages] == ["Last question", "Last answer"]
         assert "Last answer" in ui.text()
 
     async def decline(ui: UI) -> None:
-        assert isinstance(ui.app.screen, ConfirmDialog)
-        await ui.pilot.press("n")
-        await ui.pilot.pause()
-        assert ui.chat.session.messages == []
-        assert "Ask anything" in ui.text()
+        assert isinstance(ui.app.screen, ChatScreen)
+        assert ui.prompt.has_focus
+        await ui.pilot.press(*"new", "enter")  # typing starts a new chat
+        await ui.idle()
+        assert [m.content for m in ui.chat.session.messages][:1] == ["new"]
+        assert "Continue your last chat?" not in ui.text()
 
     run_chat(accept)
     run_chat(decline)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -11,28 +9,21 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 from textual.worker import get_current_worker
 
-from influence_tui.core.sessions import SessionStore, SessionSummary
+from influence_tui.core.errors import InfluenceError
+from influence_tui.core.export import local_time
+from influence_tui.core.store import ChatStore, ChatSummary
 from influence_tui.tui.dialogs.base import Dialog
 
-
-def local_time(iso: str) -> str:
-    """``2026-01-29 14:30`` in the local time zone (the text as it is when it is not a date)."""
-    try:
-        parsed = datetime.fromisoformat(iso.replace("Z", "+00:00"))
-    except ValueError:
-        return iso
-    if parsed.tzinfo is not None:
-        parsed = parsed.astimezone()
-    return parsed.strftime("%Y-%m-%d %H:%M")
+__all__ = ["LoadSessionDialog", "local_time"]
 
 
-class LoadSessionDialog(Dialog[SessionSummary]):
-    """Dismissed with the chosen session's summary (its ``path`` loads it), or None."""
+class LoadSessionDialog(Dialog[ChatSummary]):
+    """Dismissed with the chosen chat's summary (its ``id`` opens it), or None."""
 
-    def __init__(self, store: SessionStore) -> None:
+    def __init__(self, store: ChatStore) -> None:
         super().__init__()
         self.store = store
-        self.sessions: tuple[SessionSummary, ...] = ()
+        self.sessions: tuple[ChatSummary, ...] = ()
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog -list"):
@@ -52,11 +43,15 @@ class LoadSessionDialog(Dialog[SessionSummary]):
 
     @work(thread=True, exclusive=True, group="session-scan", exit_on_error=False, name="list saved chats")
     def scan(self) -> None:
-        sessions = self.store.list()
+        try:
+            sessions = self.store.list(limit=1000)
+        except InfluenceError as exc:
+            self.app.call_from_thread(self.query_one("#session-hint", Static).update, str(exc))
+            return
         if not get_current_worker().is_cancelled:
             self.app.call_from_thread(self._show, sessions)
 
-    def _show(self, sessions: tuple[SessionSummary, ...]) -> None:
+    def _show(self, sessions: tuple[ChatSummary, ...]) -> None:
         self.sessions = sessions
         table = self.query_one("#session-table", DataTable)
         table.clear()
@@ -72,7 +67,7 @@ class LoadSessionDialog(Dialog[SessionSummary]):
         if sessions:
             hint.update("Enter opens · Esc cancels")
         else:
-            hint.update(f"No saved chats yet in {self.store.sessions_dir}: each chat is saved after every reply.")
+            hint.update(f"No saved chats yet in {self.store.path}: each chat is saved as you go.")
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()

@@ -5,6 +5,12 @@ status bar show it, slash commands (:mod:`influence_tui.core.slash`) and the pan
 generated on the engine's thread; a thread worker here reads its token stream and posts the text up in
 chunks, which go into the reply's Markdown through ``Markdown.get_stream()`` and get one full render at the
 end. Stopping cancels the worker, whose cancel event is the engine request's stop event.
+
+Every chat lives in the chat store (:mod:`influence_tui.core.store`) as a tree of messages
+(:mod:`influence_tui.core.branches`); the session's messages are the branch shown, and what is sent to the
+model. The store is written at once, in one short transaction, whenever the conversation changes: the user's
+message when it is sent, the reply when it ends or is stopped. The conversations pane lists and searches the
+store; reading it for the pane runs in workers.
 """
 
 from __future__ import annotations
@@ -25,9 +31,12 @@ from textual.widgets import Footer, Static, TextArea
 from textual.worker import Worker, get_current_worker
 
 from influence_tui.core import slash
+from influence_tui.core.branches import ChatTree
 from influence_tui.core.chat import finish_reply, is_remote, reply_reserve, start_reply
 from influence_tui.core.errors import InfluenceError, RemoteError
-from influence_tui.core.sessions import ChatSession, PromptPlan, SessionSummary
+from influence_tui.core.export import export_markdown
+from influence_tui.core.sessions import ChatSession, PromptPlan
+from influence_tui.core.store import ChatSummary, ImportReport
 from influence_tui.core.types import ChatMessage, GenerationStats
 from influence_tui.tui.dialogs.code_picker import CodePickerDialog
 from influence_tui.tui.dialogs.confirm import ConfirmDialog
@@ -38,7 +47,8 @@ from influence_tui.tui.messages import ChatWithModel, ReplyChunk, ReplyFailed, R
 from influence_tui.tui.paths import stylesheet
 from influence_tui.tui.services import AnyModel, EngineState, services_of
 from influence_tui.tui.widgets.chat_log import ChatLog
-from influence_tui.tui.widgets.message_view import CodeBlock, MessageView, code_blocks, stats_line
+from influence_tui.tui.widgets.conversations import ConversationsPane
+from influence_tui.tui.widgets.message_view import CodeBlock, MessageView, NoteView, code_blocks, stats_line
 from influence_tui.tui.widgets.mode_bar import ModeBar
 from influence_tui.tui.widgets.params_panel import SYSTEM, ParamsPanel
 from influence_tui.tui.widgets.prompt_input import PromptInput, command_matches
@@ -60,11 +70,14 @@ def flush_interval(tokens: int) -> float:
 WELCOME = (
     "Ask anything.\n"
     "Enter sends · Ctrl+J new line · Esc stops a reply\n"
-    "/help commands · Ctrl+L model · F4 library · Ctrl+P every action"
+    "/help commands · Ctrl+L model · Ctrl+R chats · Ctrl+Up messages · Ctrl+P every action"
 )
 
 #: Commands that replace the conversation: not while a reply is being written into it.
 _REPLACING = (slash.Clear, slash.Retry, slash.Undo, slash.Load)
+
+CHAT_LIST_LIMIT = 500
+"""The pane lists this many chats, newest first (a search finds any)."""
 
 
 class _Reply:
@@ -94,6 +107,9 @@ class ChatScreen(Screen[None]):
         Binding("ctrl+s", "save", "Save", id="chat.save"),
         Binding("ctrl+o", "open", "Open", id="chat.open"),
         Binding("ctrl+t", "toggle_params", "Params", id="chat.params"),
+        Binding("ctrl+r", "toggle_chats", "Chats", id="chat.chats"),
+        Binding("ctrl+f", "find_chats", "Find", id="chat.find", show=False),
+        Binding("ctrl+up", "focus_messages", "Messages", id="chat.messages", show=False),
         Binding("ctrl+b", "copy_reply", "Copy", id="chat.copy_reply"),
         Binding("ctrl+g", "copy_code", "Copy code", id="chat.copy_code", show=False),
         Binding("pageup", "scroll_log(-1)", "Scroll up", id="chat.page_up", show=False, priority=True),
@@ -102,6 +118,8 @@ class ChatScreen(Screen[None]):
 
     WIDE = 110
     """From this many columns the parameter panel starts open."""
+    CHATS_WIDE = 140
+    """From this many columns the conversations pane starts open."""
     NARROW = 100
     """Under this many columns the status bar drops the meter cells and the time to first token."""
 
@@ -118,12 +136,22 @@ class ChatScreen(Screen[None]):
         self._left_out: tuple[int, ...] = ()
         self._context_level = "ok"
         self._template_warned = False
+        self.chat_tree = ChatTree()
+        """Every message of the chat shown; the session's messages are its branch shown."""
+        self._tree_id = self.session.id
+        self._store_problem: str | None = None
+        self._editing: int | None = None
+        """The index of the user's message being edited in the prompt."""
+        self._chats_follow_width = True
+        self._offer: ChatSummary | None = None
+        """The last chat, offered to continue until the user starts or answers."""
 
     # ------------------------------------------------------------------------------------------ layout
 
     def compose(self) -> ComposeResult:
         yield ModeBar("chat")
         with Horizontal(id="chat-body"):
+            yield ConversationsPane(id="chats", classes="panel")
             with Vertical(id="chat-main"):
                 yield ChatLog(id="chat-log")
                 yield Static(id="completions")
@@ -136,6 +164,8 @@ class ChatScreen(Screen[None]):
         services = services_of(self)
         self.session = ChatSession.from_settings(services.settings)
         self.query_one("#params", ParamsPanel).border_title = "Parameters"
+        self.query_one(ConversationsPane).border_title = "Chats"
+        self._tree_id = self.session.id
         self.query_one("#completions", Static).display = False
         self._fit_width(self.app.size.width)
         self._sync_panel()
@@ -147,8 +177,9 @@ class ChatScreen(Screen[None]):
 
     async def _welcome(self) -> None:
         log = self.query_one(ChatLog)
-        if not log.children:
-            await log.add_note(WELCOME, kind="welcome")
+        if not log.message_views and not log.query(".-welcome"):
+            note = NoteView(WELCOME, kind="welcome")
+            await log.mount(note, before=0 if log.children else None)  # above the offer to continue
 
     def on_resize(self, event: events.Resize) -> None:
         self._fit_width(event.size.width)
@@ -156,8 +187,11 @@ class ChatScreen(Screen[None]):
     def _fit_width(self, width: int) -> None:
         if self._panel_follows_width:
             self._show_panel(width >= self.WIDE)
+        if self._chats_follow_width:
+            self._show_chats(width >= self.CHATS_WIDE)
         self.query_one(Footer).compact = width < self.WIDE
         self.query_one(StatusBar).compact = width < self.NARROW
+        self.set_class(width < self.NARROW, "-narrow")  # a narrower conversations pane
 
     def _show_panel(self, show: bool) -> None:
         self.query_one("#params", ParamsPanel).display = show
@@ -251,6 +285,8 @@ class ChatScreen(Screen[None]):
     def on_text_area_changed(self, event: TextArea.Changed) -> None:
         if not isinstance(event.text_area, PromptInput):
             return
+        if self._editing is not None:
+            return  # the editing hint stays until the message is sent or Esc
         hint = self.query_one("#completions", Static)
         text = event.text_area.text
         matches = command_matches(text)
@@ -264,11 +300,17 @@ class ChatScreen(Screen[None]):
 
     async def on_prompt_input_submitted(self, event: PromptInput.Submitted) -> None:
         event.stop()
+        if not event.text.strip():
+            if self._offer is not None and not self.session.messages:
+                await self.open_session(self._offer)  # Enter on an empty prompt takes the offer
+            return
         if await self.submit(event.text):
             event.prompt.clear()
 
     async def submit(self, text: str) -> bool:
         """Run a slash command or send a message. False when nothing was done (the prompt keeps the text)."""
+        if self._editing is not None and slash.parse(text) is None:
+            return await self.send_edited(self._editing, text)
         command = slash.parse(text)
         if command is not None:
             return await self.run_command(command)
@@ -289,6 +331,9 @@ class ChatScreen(Screen[None]):
         if action is slash.SlashAction.QUIT:
             self.app.exit()
             return True
+        if action in (slash.SlashAction.RELOAD, slash.SlashAction.RETRY, slash.SlashAction.UPDATED):
+            self._stop_editing()
+            self._record()  # a /retry keeps the old reply as an alternative of the new one
         if action in (slash.SlashAction.RELOAD, slash.SlashAction.RETRY):
             await self._show_session()
         if action is slash.SlashAction.UPDATED:
@@ -316,12 +361,28 @@ class ChatScreen(Screen[None]):
             )
             return False
         self.session.add_user(text)
+        self._offer = None
+        self._record()  # the message is kept even if the app dies before the reply
         log = self.query_one(ChatLog)
-        await log.query(".-welcome").remove()
-        await log.add(MessageView("user", text, author="You", index=len(self.session.messages) - 1))
+        await log.query(".-welcome, .-offer").remove()
+        view = MessageView("user", text, author="You", index=len(self.session.messages) - 1)
+        await log.add(view)
+        self._show_branches()
         self.sub_title = self.session.display_title
         await self._answer()
         return True
+
+    async def send_edited(self, index: int, text: str) -> bool:
+        """Send ``text`` in place of the user's message at ``index``: a new branch from there (the old one is
+        kept as its alternative)."""
+        if self.busy:
+            self._tell_busy()
+            return False
+        self._stop_editing()
+        del self.session.messages[index:]
+        self.session.touch()
+        await self._show_session(measure=False)
+        return await self.send(text)
 
     def _tell_busy(self) -> None:
         self.notify("A reply is being written: wait for it, or press Esc to stop it.", severity="warning", markup=False)
@@ -450,7 +511,7 @@ class ChatScreen(Screen[None]):
         view.set_state("failed" if failed else "stopped" if stopped else "")
         if not failed or text:
             before = len(self.session.messages)
-            finish_reply(self.session, text, stats)  # recorded here; written to disk off the UI thread below
+            finish_reply(self.session, text, stats)
             if len(self.session.messages) > before:
                 view.index = before
         meta = stats_line(stats, stopped=stopped)
@@ -466,16 +527,21 @@ class ChatScreen(Screen[None]):
         if stats is not None:
             self._context_used = stats.prompt_tokens + stats.generated_tokens
         self._show_context()
-        if self.session.messages:
-            self._autosave(self._snapshot())
+        self._record()
+        self._show_branches()
         self.refresh_bindings()
         if self._queued is not None:
             text, self._queued = self._queued, None
             await self.send(text)
 
     def action_stop(self) -> None:
-        """Stop the reply now: no more text shows; the engine stops at its next token."""
+        """Stop the reply now: no more text shows; the engine stops at its next token. (While editing a
+        message and not replying: stop editing.)"""
         reply = self._reply
+        if reply is None and self._editing is not None:
+            self._stop_editing()
+            self.query_one(PromptInput).clear()
+            return
         if reply is None or reply.stopped:
             return
         reply.stopped = True
@@ -487,25 +553,44 @@ class ChatScreen(Screen[None]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "stop":
-            return self._reply is not None and not self._reply.stopped
+            return (self._reply is not None and not self._reply.stopped) or self._editing is not None
         return True
 
     # ------------------------------------------------------------------------------------------ sessions
 
-    @work(thread=True, exclusive=True, group="chat-autosave", exit_on_error=False, name="autosave chat")
-    def _autosave(self, snapshot: ChatSession) -> None:
+    def _record(self) -> None:
+        """Write the session to the store now: its details, its new messages, the branch shown. Without a
+        store (damaged, locked) the branches are kept here, and the user is told once."""
+        if self._tree_id != self.session.id:
+            self.chat_tree = ChatTree()
+            self._tree_id = self.session.id
         try:
-            services_of(self).store.autosave(snapshot)
+            self.chat_tree = services_of(self).store.autosave(self.session)
         except InfluenceError as exc:
-            self.app.call_from_thread(
-                self.notify, f"The chat was not saved: {exc}", severity="error", timeout=10, markup=False
-            )
+            self.chat_tree.adopt(self.session.messages)
+            if self._store_problem != str(exc):
+                self._store_problem = str(exc)
+                self.notify(f"Chats are not being saved: {exc}", severity="error", timeout=15, markup=False)
+            return
+        self._store_problem = None
+        self._refresh_chats()
+
+    def _show_branches(self) -> None:
+        """``‹ 2/3 ›`` on each message that has alternatives."""
+        path = self.chat_tree.path()
+        for view in self.query_one(ChatLog).message_views:
+            index = view.index
+            if index is not None and index < len(path) and path[index].message == self.session.messages[index]:
+                view.set_alternatives(self.chat_tree.alternatives(path[index].id))
+            else:
+                view.set_alternatives(None)
+        self.query_one(ConversationsPane).mark_current(self.session.id if self.session.messages else None)
 
     def _snapshot(self) -> ChatSession:
         return replace(self.session, messages=list(self.session.messages))
 
-    async def _show_session(self) -> None:
-        """Show the session from scratch (after a load, /clear, /undo, /retry)."""
+    async def _show_session(self, *, measure: bool = True) -> None:
+        """Show the session from scratch (after a load, /clear, /undo, /retry, a switch of branches)."""
         log = self.query_one(ChatLog)
         await log.show_messages(self.session.messages, assistant_name=self.session.model or self._model_name())
         if not self.session.messages:
@@ -514,8 +599,9 @@ class ChatScreen(Screen[None]):
         self._context_level = "ok"
         self._context_used = 0
         self._sync_panel()
+        self._show_branches()
         self.sub_title = self.session.display_title
-        if self.session.messages:
+        if self.session.messages and measure:
             self._measure_context(list(self.session.messages), self.session.system_prompt)
 
     @work(thread=True, exclusive=True, group="chat-measure", exit_on_error=False, name="measure context")
@@ -541,39 +627,60 @@ class ChatScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="chat-offer", exit_on_error=False, name="find the last chat")
     def _find_last_session(self) -> None:
-        latest = next((s for s in services_of(self).store.list() if s.message_count), None)
+        store = services_of(self).store
+        try:
+            store.open()  # the first open creates the store and imports the JSON sessions
+            latest = next((s for s in store.list(limit=20) if s.message_count), None)
+        except InfluenceError as exc:
+            self.app.call_from_thread(self._store_failed, str(exc))
+            return
+        if store.import_report is not None:
+            self.app.call_from_thread(self._tell_imported, store.import_report)
         if latest is not None:
             self.app.call_from_thread(self._offer_last_session, latest)
+        self.app.call_from_thread(self._refresh_chats)
 
-    def _offer_last_session(self, summary: SessionSummary) -> None:
+    def _store_failed(self, problem: str) -> None:
+        self._store_problem = problem
+        self.notify(f"Chats are not being saved: {problem}", severity="error", timeout=15, markup=False)
+
+    def _tell_imported(self, report: ImportReport) -> None:
+        if report.imported:
+            plural = "s" if report.imported != 1 else ""
+            self.notify(
+                f"{report.imported} saved chat{plural} imported from {report.source} (the JSON files stay as they are)",
+                markup=False,
+            )
+        for problem in report.problems:
+            self.notify(f"Not imported: {problem.message}", severity="warning", timeout=10, markup=False)
+
+    def _offer_last_session(self, summary: ChatSummary) -> None:
+        """Offer the last chat in the log, without taking the keyboard: whatever is typed goes into the prompt
+        and starts a new chat; Enter on the empty prompt (or Enter in the pane) continues the last one."""
         if self.session.messages or self.busy:
             return  # the user has already started
-
-        def answered(resume: bool | None) -> None:
-            if resume:
-                self.run_worker(self.open_session(summary), group="chat-open", exit_on_error=False)
-
+        self._offer = summary
         plural = "s" if summary.message_count != 1 else ""
-        self.app.push_screen(
-            ConfirmDialog(
-                "Continue your last chat?",
-                f"“{summary.title}”\n{summary.message_count} message{plural} · {local_time(summary.updated_at)}"
-                + (f" · {summary.model}" if summary.model else ""),
-                confirm="Continue",
-                cancel="New chat",
-            ),
-            answered,
+        model = f" · {summary.model}" if summary.model else ""
+        text = (
+            f"Continue your last chat? “{summary.title}”\n"
+            f"{summary.message_count} message{plural} · {local_time(summary.updated_at)}{model}\n"
+            "Enter on the empty prompt continues it · typing starts a new chat"
         )
+        self.query_one(ChatLog).mount(NoteView(text, kind="offer"))
 
-    async def open_session(self, summary: SessionSummary) -> None:
+    async def open_session(self, summary: ChatSummary | str) -> None:
         if self.busy:
             self._tell_busy()
             return
+        chat_id = summary if isinstance(summary, str) else summary.id
         try:
-            session = services_of(self).store.load(summary.path, defaults=self.session.params)
+            session, tree = services_of(self).store.open_chat(chat_id, defaults=self.session.params)
         except InfluenceError as exc:
             self.notify(f"{exc}", title="Not opened", severity="error", timeout=10, markup=False)
             return
+        self._offer = None
+        self._stop_editing()
         engine = self.engine
         remote = services_of(self).remotes.model(session.model) if session.model else None
         if remote is not None and (engine.model is None or engine.model.name != remote.name):
@@ -585,6 +692,8 @@ class ChatScreen(Screen[None]):
                 markup=False,
             )
         self.session = session
+        self.chat_tree = tree
+        self._tree_id = session.id
         await self._show_session()
         self.notify(f"Opened “{session.display_title}” ({len(session.messages)} messages)", markup=False)
 
@@ -593,7 +702,7 @@ class ChatScreen(Screen[None]):
             self._tell_busy()
             return
 
-        def chosen(summary: SessionSummary | None) -> None:
+        def chosen(summary: ChatSummary | None) -> None:
             if summary is not None:
                 self.run_worker(self.open_session(summary), group="chat-open", exit_on_error=False)
 
@@ -626,18 +735,9 @@ class ChatScreen(Screen[None]):
         self.session.title = " ".join(name.split())
         self.session.touch()
         self.sub_title = self.session.display_title
-        self._save_named(self._snapshot())
-
-    @work(thread=True, exclusive=True, group="chat-save", exit_on_error=False, name="save chat")
-    def _save_named(self, snapshot: ChatSession) -> None:
-        try:
-            services_of(self).store.autosave(snapshot)
-        except InfluenceError as exc:
-            self.app.call_from_thread(self.notify, f"Not saved: {exc}", severity="error", timeout=10, markup=False)
-            return
-        self.app.call_from_thread(
-            self.notify, f"Saved as “{snapshot.display_title}”: Ctrl+O opens it later.", markup=False
-        )
+        self._record()
+        if self._store_problem is None:
+            self.notify(f"Saved as “{self.session.display_title}”: Ctrl+R lists your chats.", markup=False)
 
     @work(thread=True, exclusive=True, group="chat-save", exit_on_error=False, name="save chat copy")
     def _save_copy(self, path: Path, snapshot: ChatSession) -> None:
@@ -675,6 +775,246 @@ class ChatScreen(Screen[None]):
         else:
             self.query_one(PromptInput).focus()
 
+    # ------------------------------------------------------------------------------------------ the chats pane
+
+    def _show_chats(self, show: bool) -> None:
+        pane = self.query_one(ConversationsPane)
+        was = pane.display
+        pane.display = show
+        if show and not was:
+            self._refresh_chats()
+
+    def action_toggle_chats(self) -> None:
+        pane = self.query_one(ConversationsPane)
+        self._chats_follow_width = False
+        self._show_chats(not pane.display)
+        if pane.display:
+            pane.chat_list.focus()
+        else:
+            self.query_one(PromptInput).focus()
+
+    def action_find_chats(self) -> None:
+        self._chats_follow_width = False
+        self._show_chats(True)
+        self.query_one("#chat-search").focus()
+
+    def _refresh_chats(self) -> None:
+        if self.query_one(ConversationsPane).display:
+            self._list_chats()
+
+    @work(thread=True, exclusive=True, group="chat-list", exit_on_error=False, name="list the chats")
+    def _list_chats(self) -> None:
+        try:
+            chats = services_of(self).store.list(limit=CHAT_LIST_LIMIT)
+        except InfluenceError:
+            return  # said once already, by whatever found it
+        if not get_current_worker().is_cancelled:
+            self.app.call_from_thread(self._chats_listed, chats)
+
+    def _chats_listed(self, chats: tuple[ChatSummary, ...]) -> None:
+        pane = self.query_one(ConversationsPane)
+        pane.show_chats(chats, self.session.id if self.session.messages else None)
+        if pane.search_text.strip():
+            self._search_chats(pane.search_text.strip())  # a search shown stays up to date
+
+    def on_conversations_pane_search_changed(self, event: ConversationsPane.SearchChanged) -> None:
+        event.stop()
+        if event.text:
+            self._search_chats(event.text)
+        else:
+            self.query_one(ConversationsPane).show_hits("", None)
+
+    @work(thread=True, exclusive=True, group="chat-search", exit_on_error=False, name="search the chats")
+    def _search_chats(self, text: str) -> None:
+        try:
+            hits = services_of(self).store.search(text, limit=CHAT_LIST_LIMIT)
+        except InfluenceError as exc:
+            self.app.call_from_thread(self.notify, f"{exc}", severity="error", markup=False)
+            return
+        if not get_current_worker().is_cancelled:
+            self.app.call_from_thread(self.query_one(ConversationsPane).show_hits, text, hits)
+
+    async def on_conversations_pane_open_chat(self, event: ConversationsPane.OpenChat) -> None:
+        event.stop()
+        if event.chat_id == self.session.id and self.session.messages:
+            self.query_one(PromptInput).focus()
+            return
+        await self.open_session(event.chat_id)
+
+    async def on_conversations_pane_new_chat(self, event: ConversationsPane.NewChat) -> None:
+        event.stop()
+        await self.action_new_chat()
+        self.query_one(PromptInput).focus()
+
+    def on_conversations_pane_delete_chat(self, event: ConversationsPane.DeleteChat) -> None:
+        event.stop()
+        chat_id = event.chat_id
+        pane = self.query_one(ConversationsPane)
+        summary = next((c for c in pane.chats if c.id == chat_id), None)
+        title = summary.title if summary else chat_id
+
+        async def answered(delete: bool | None) -> None:
+            if not delete:
+                return
+            if chat_id == self.session.id and self.busy:
+                self._tell_busy()
+                return
+            try:
+                services_of(self).store.delete(chat_id)
+            except InfluenceError as exc:
+                self.notify(f"Not deleted: {exc}", severity="error", timeout=10, markup=False)
+                return
+            self.notify(f"Deleted “{title}”", markup=False)
+            if chat_id == self.session.id:
+                self.session.clear()
+                self._tree_id = ""
+                await self._show_session()
+            self._refresh_chats()
+
+        self.app.push_screen(
+            ConfirmDialog(
+                f"Delete “{title}”?",
+                "The chat and every branch of it are removed from the store. This cannot be undone.",
+                confirm="Delete",
+                cancel="Keep",
+                danger=True,
+            ),
+            answered,
+        )
+
+    def on_conversations_pane_rename_chat(self, event: ConversationsPane.RenameChat) -> None:
+        event.stop()
+        chat_id = event.chat_id
+        summary = next((c for c in self.query_one(ConversationsPane).chats if c.id == chat_id), None)
+
+        def named(title: str | None) -> None:
+            if not title:
+                return
+            try:
+                renamed = services_of(self).store.rename(chat_id, title)
+            except InfluenceError as exc:
+                self.notify(f"Not renamed: {exc}", severity="error", timeout=10, markup=False)
+                return
+            if chat_id == self.session.id:
+                self.session.title = renamed.title
+                self.sub_title = self.session.display_title
+            self._refresh_chats()
+
+        self.app.push_screen(
+            TextInputDialog(
+                "Rename this chat", value=summary.title if summary else "", placeholder="title", confirm="Rename"
+            ),
+            named,
+        )
+
+    def on_conversations_pane_export_chat(self, event: ConversationsPane.ExportChat) -> None:
+        event.stop()
+        chat_id = event.chat_id
+
+        def chosen(name: str | None) -> None:
+            if name:
+                self._export_chat(chat_id, slash.resolve_path(name))
+
+        self.app.push_screen(
+            TextInputDialog(
+                "Export this chat as Markdown",
+                "A file to write (its model, parameters, dates and the branch shown).",
+                value=f"chat-{chat_id}.md",
+                placeholder="file.md",
+                confirm="Export",
+            ),
+            chosen,
+        )
+
+    @work(thread=True, exclusive=True, group="chat-export", exit_on_error=False, name="export a chat")
+    def _export_chat(self, chat_id: str, path: Path) -> None:
+        try:
+            session = services_of(self).store.load(chat_id)
+            written = export_markdown(session, path if path.suffix else path.with_suffix(".md"))
+        except InfluenceError as exc:
+            self.app.call_from_thread(self.notify, f"Not exported: {exc}", severity="error", markup=False)
+            return
+        self.app.call_from_thread(self.notify, f"Exported to {written}", markup=False)
+
+    # ------------------------------------------------------------------------------------------ branches
+
+    def action_focus_messages(self) -> None:
+        views = self.query_one(ChatLog).message_views
+        if views:
+            views[-1].focus()
+
+    async def on_message_view_requested(self, event: MessageView.Requested) -> None:
+        event.stop()
+        view, request = event.view, event.request
+        views = self.query_one(ChatLog).message_views
+        position = views.index(view) if view in views else -1
+        if request == "leave":
+            self.query_one(PromptInput).focus()
+        elif request == "up":
+            if position > 0:
+                views[position - 1].focus()
+        elif request == "down":
+            if 0 <= position < len(views) - 1:
+                views[position + 1].focus()
+            else:
+                self.query_one(PromptInput).focus()
+        elif view.index is None or self.busy:
+            self._tell_busy()
+        elif request in ("previous", "next"):
+            await self.switch_branch(view.index, -1 if request == "previous" else 1)
+        elif request == "edit":
+            self.edit_message(view.index)
+        elif request == "regenerate":
+            await self.regenerate(view.index)
+
+    async def switch_branch(self, index: int, step: int) -> None:
+        """Show the alternative ``step`` places from the message at ``index`` (and what follows it)."""
+        path = self.chat_tree.path()
+        if index >= len(path) or self.chat_tree.switch(path[index].id, step) is None:
+            return
+        self.session.messages = self.chat_tree.messages()
+        self._record()
+        await self._show_session()
+        views = self.query_one(ChatLog).message_views
+        if index < len(views):
+            views[index].focus()
+
+    def edit_message(self, index: int) -> None:
+        """Put the user's message at ``index`` in the prompt; sending it starts a new branch there."""
+        message = self.session.messages[index]
+        self._stop_editing()
+        self._editing = index
+        for view in self.query_one(ChatLog).message_views:
+            view.set_class(view.index == index, "-editing")
+        prompt = self.query_one(PromptInput)
+        prompt.set_text(message.content)
+        prompt.focus()
+        hint = self.query_one("#completions", Static)
+        hint.update(Content("Editing your message: Enter sends it as a new branch (the old one is kept) · Esc cancels"))
+        hint.display = True
+        self.refresh_bindings()
+
+    def _stop_editing(self) -> None:
+        if self._editing is None:
+            return
+        self._editing = None
+        for view in self.query_one(ChatLog).query(".-editing"):
+            view.remove_class("-editing")
+        hint = self.query_one("#completions", Static)
+        hint.update(Content(""))
+        hint.display = False
+        self.refresh_bindings()
+
+    async def regenerate(self, index: int) -> None:
+        """Answer again the message before the reply at ``index``: the old reply is kept as an alternative."""
+        if self.session.messages[index].role != "assistant" or index == 0:
+            return
+        del self.session.messages[index:]
+        self.session.touch()
+        self._record()
+        await self._show_session(measure=False)
+        await self._answer()
+
     def on_params_panel_changed(self, event: ParamsPanel.Changed) -> None:
         event.stop()
         panel = self.query_one("#params", ParamsPanel)
@@ -696,6 +1036,8 @@ class ChatScreen(Screen[None]):
                 return
             self.notify(f"{name} = {self.session.param_display(name)}", markup=False)
         self._sync_panel()
+        if self.session.messages:
+            self._record()
 
     # ------------------------------------------------------------------------------------------ copy, scroll
 

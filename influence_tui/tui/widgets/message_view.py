@@ -13,15 +13,18 @@ built from plain text, never Rich or Textual markup: a reply containing ``[bold]
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from markdown_it import MarkdownIt
 from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.content import Content
+from textual.message import Message
 from textual.widgets import Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
+from influence_tui.core.branches import Alternatives
 from influence_tui.core.types import GenerationStats, Role
 
 PART_CHARS = 3000
@@ -118,6 +121,7 @@ def stats_line(stats: GenerationStats | None, *, stopped: bool = False) -> str:
 
 
 ReplyState = Literal["", "streaming", "stopped", "failed"]
+MessageRequest = Literal["previous", "next", "edit", "regenerate", "up", "down", "leave"]
 
 
 class MessageView(Vertical):
@@ -126,12 +130,37 @@ class MessageView(Vertical):
     Its :attr:`state` shows as a CSS class (``-streaming``, ``-stopped``, ``-failed``) on the author and
     figures lines only: a class on the message itself would restyle every widget of a long reply. The message
     gets ``-left-out`` when the last prompt had to leave it out.
+
+    A message takes the focus (Ctrl+Up from the prompt, then Up and Down): Left and Right switch between its
+    alternatives (``‹ 2/3 ›`` beside the author), ``e`` edits a message of the user's, ``r`` regenerates a
+    reply. The view only posts :class:`MessageView.Requested`; the screen changes the conversation.
     """
+
+    can_focus = True
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("left", "request('previous')", "‹ Alternative", id="message.previous"),
+        Binding("right", "request('next')", "Alternative ›", id="message.next"),
+        Binding("e", "request('edit')", "Edit", id="message.edit"),
+        Binding("r", "request('regenerate')", "Regenerate", id="message.regenerate"),
+        Binding("up", "request('up')", "Previous message", id="message.up", show=False),
+        Binding("down", "request('down')", "Next message", id="message.down", show=False),
+        Binding("escape,i", "request('leave')", "Back to the prompt", id="message.leave", show=False),
+    ]
+
+    @dataclass
+    class Requested(Message):
+        """The user asked for something on this message."""
+
+        view: MessageView
+        request: MessageRequest
 
     def __init__(self, role: Role, text: str = "", *, author: str, index: int | None = None) -> None:
         super().__init__(classes=f"message -{role}")
         self.role = role
         self.author = author
+        self.alternatives: Alternatives | None = None
+        """Where this message stands among its alternatives (None when it has none)."""
         self.index = index
         """Where the message is in the session's messages (None until a reply is recorded)."""
         self._texts = split_markdown(text) if text else [""]
@@ -141,10 +170,36 @@ class MessageView(Vertical):
         self.state: ReplyState = ""
 
     def compose(self) -> ComposeResult:
-        yield Static(Content(self.author), classes="message-author")
+        yield Static(self._author_line(), classes="message-author")
         with Vertical(classes="message-body"):
             yield from self._parts
         yield Static("", classes="message-meta")
+
+    def _author_line(self) -> Content:
+        if self.alternatives is None:
+            return Content(self.author)
+        return Content.assemble(self.author, "  ", Content(self.alternatives.label).stylize("not bold"))
+
+    def set_alternatives(self, alternatives: Alternatives | None) -> None:
+        """Show ``‹ 2/3 ›`` beside the author (None or a count of one hides it)."""
+        self.alternatives = alternatives if alternatives is not None and alternatives.count > 1 else None
+        if self.is_mounted:
+            self.query_one(".message-author", Static).update(self._author_line())
+        self.set_class(self.alternatives is not None, "-branched")
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "request" and parameters:
+            request = parameters[0]
+            if request in ("previous", "next"):
+                return self.alternatives is not None
+            if request == "edit":
+                return self.role == "user"
+            if request == "regenerate":
+                return self.role == "assistant"
+        return True
+
+    def action_request(self, request: MessageRequest) -> None:
+        self.post_message(self.Requested(self, request))
 
     @property
     def parts(self) -> list[Markdown]:

@@ -89,8 +89,8 @@ class PromptInput(TextArea):
         event.prevent_default()
 
     def action_submit(self) -> None:
-        if self.text.strip():
-            self.post_message(self.Submitted(self, self.text))
+        """Post the text, even empty (Enter on an empty prompt can mean something to the screen)."""
+        self.post_message(self.Submitted(self, self.text))
 
     def action_newline(self) -> None:
         self.insert("\n")
