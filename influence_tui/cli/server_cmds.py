@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from influence_tui.cli.common import EXIT_ERROR, EXIT_OK, console, print_json, settings_from
+from influence_tui.cli.common import EXIT_ERROR, EXIT_OK, SETTING_FLAGS, console, print_json
 from influence_tui.core.errors import InfluenceError
 
 if TYPE_CHECKING:
@@ -97,8 +97,18 @@ def _request_log() -> Iterator[None]:
 # ---------------------------------------------------------------------------------------- serve
 
 
+def _serve_settings(args: argparse.Namespace) -> Settings:
+    """The settings with this command's flags on top, ``--parallel`` included (``download`` has a flag of that
+    name for another thing, so it is not among the shared setting flags)."""
+    from influence_tui.core.config import load_settings
+
+    flags: dict[str, object] = {name: getattr(args, name, None) for name in SETTING_FLAGS}
+    flags["parallel"] = getattr(args, "parallel", None)
+    return load_settings(flags)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
+    settings = _serve_settings(args)
     if args.stop:
         return _stop(settings, port_given=args.port is not None)
     api_key = _api_key(args)
@@ -146,7 +156,9 @@ def _serve(
     sock = _bind(settings.host, settings.port)
     port = int(sock.getsockname()[1])
     url = registry.client_url(settings.host, port)
-    runner = EngineRunner()
+    runner = EngineRunner(
+        max_batch=settings.parallel, queue_limit=settings.queue_limit, prefill_chunk=settings.prefill_chunk
+    )
     failures: list[BaseException] = []
     server: uvicorn.Server | None = None
 
@@ -226,7 +238,7 @@ def _child_command(args: argparse.Namespace, settings: Settings) -> list[str]:
     command = [sys.executable, "-m", "influence_tui"]
     if args.models_dir:
         command += ["--models-dir", str(args.models_dir)]
-    command += ["serve", "--host", settings.host, "--port", str(settings.port)]
+    command += ["serve", "--host", settings.host, "--port", str(settings.port), "--parallel", str(settings.parallel)]
     if args.model:
         command += ["--model", args.model]
     for flag, value in (("--device", args.device), ("--dtype", args.dtype), ("--quantize", args.quantize)):
@@ -451,6 +463,11 @@ def register(add: AddCommand) -> None:
         action="append",
         metavar="REMOTE",
         help="also serve this remote's models as MODEL@REMOTE (repeatable; `influence remote add` names one)",
+    )
+    p.add_argument(
+        "--parallel",
+        metavar="N",
+        help="generate up to N requests at once, batched (default: 8; 1: one after another)",
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="where to run (default: auto)")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), help="weights dtype (default: auto)")

@@ -71,6 +71,12 @@ class Settings:
     """Address `influence serve` binds to."""
     port: int = 8080
     """Port `influence serve` listens on."""
+    parallel: int = 8
+    """Requests `influence serve` generates at once, batched (1: one after another)."""
+    queue_limit: int = 64
+    """Requests `influence serve` keeps waiting beyond those generating; more get 503 with Retry-After."""
+    prefill_chunk: int = 512
+    """Prompt tokens prefilled per step while other requests generate (0: a whole prompt at once)."""
     hub_endpoint: str = DEFAULT_HUB_ENDPOINT
     """HuggingFace Hub endpoint or mirror."""
     hf_token: str | None = None
@@ -189,6 +195,9 @@ _SPECS: dict[str, _Spec] = {
     "quantize": _Spec(lambda r: _as_choice(r, QUANTIZE_MODES), ("INFLUENCE_QUANTIZE",), "--quantize"),
     "host": _Spec(_as_host, ("INFLUENCE_HOST",), "--host"),
     "port": _Spec(lambda r: _as_int(r, low=1, high=65535), ("INFLUENCE_PORT",), "--port"),
+    "parallel": _Spec(lambda r: _as_int(r, low=1, high=256), ("INFLUENCE_PARALLEL",), "--parallel"),
+    "queue_limit": _Spec(lambda r: _as_int(r, low=0, high=1_000_000), ("INFLUENCE_QUEUE_LIMIT",)),
+    "prefill_chunk": _Spec(lambda r: _as_int(r, low=0, high=1_000_000), ("INFLUENCE_PREFILL_CHUNK",)),
     "hub_endpoint": _Spec(_as_url, ("INFLUENCE_MIRROR", "HF_ENDPOINT"), "--mirror"),
     "hf_token": _Spec(_as_optional_text, ("INFLUENCE_HF_TOKEN", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"), "--token", True),
 }

@@ -31,6 +31,15 @@ class ModelFormatError(InfluenceError):
     """A model's files are missing, broken or in a format we refuse to load."""
 
 
+class EngineBusyError(InfluenceError):
+    """The engine's queue is full: every batch slot is generating and ``queue_limit`` requests already wait.
+    ``retry_after`` is an estimate, in seconds, of when a slot frees (a server answers 503 with it)."""
+
+    def __init__(self, message: str, *, hint: str | None = None, retry_after: float = 1.0) -> None:
+        super().__init__(message, hint=hint)
+        self.retry_after = retry_after
+
+
 class LibraryError(InfluenceError):
     """A library operation (import, remove) cannot be done."""
 

@@ -90,8 +90,8 @@ async def tags(request: Request) -> dict[str, Any]:
     state = server_state(request)
     model = state.model
     local = {
-        "name": model.name,
-        "model": model.name,
+        "name": state.model_id,
+        "model": state.model_id,
         "modified_at": utc_iso(model_modified(model)),
         "size": model.size_bytes,
         "digest": state.digest,
@@ -110,8 +110,8 @@ async def ps(request: Request) -> dict[str, Any]:
     return {
         "models": [
             {
-                "name": model.name,
-                "model": model.name,
+                "name": state.model_id,
+                "model": state.model_id,
                 "size": model.size_bytes,
                 "digest": state.digest,
                 "details": details(state),

@@ -57,7 +57,7 @@ def server_state(request: Request) -> ServerState:
 
 def _model_card(state: ServerState) -> dict[str, Any]:
     card: dict[str, Any] = {
-        "id": state.model.name,
+        "id": state.model_id,
         "object": "model",
         "created": int(model_modified(state.model)),
         "owned_by": "influence",
@@ -357,7 +357,14 @@ async def completions(request: Request) -> Response:
         echoes = [""] * len(prompts)
         if body.echo:
             echoes = [p if isinstance(p, str) else await anyio.to_thread.run_sync(state.decode, p) for p in prompts]
-        pumps = [EventPump(state.submit(ids, params)) for ids in prompt_ids]
+        pumps = []
+        try:
+            for ids in prompt_ids:
+                pumps.append(EventPump(state.submit(ids, params)))
+        except APIError:  # the queue filled up part way: the prompts already queued are not wanted any more
+            for pump in pumps:
+                pump.cancel()
+            raise
     completion_id = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
 

@@ -12,6 +12,7 @@ import copy
 import hashlib
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from influence_tui import __version__
 from influence_tui.core.chat import reply_reserve
 from influence_tui.core.config import Settings
-from influence_tui.core.errors import InfluenceError, ModelNotFoundError
+from influence_tui.core.errors import EngineBusyError, InfluenceError, ModelNotFoundError
 from influence_tui.core.library import Library
 from influence_tui.core.sessions import PromptPlan, build_prompt
 from influence_tui.core.types import ChatMessage, LoadedModelInfo, LocalModel, SamplingParams
@@ -49,6 +50,23 @@ def utc_iso(timestamp: float | None = None) -> str:
 def strip_tag(name: str) -> str:
     """``name:latest`` -> ``name`` (Ollama clients add the default tag to names they are given)."""
     return name[: -len(":latest")] if name.endswith(":latest") else name
+
+
+_DEMO_SUFFIX = " (demo)"
+
+
+def model_id(model: LocalModel) -> str:
+    """The id a client uses for a library model, as Ollama and OpenAI-style servers spell them: lowercase, no
+    spaces or brackets, ``name:tag`` with a GGUF's quantization as the tag (the demo model is
+    ``smollm2-135m-instruct:q4_1``; a folder's ``qwen:Q4_K_M`` is ``qwen:q4_k_m``; a safetensors model keeps its
+    name, lowercased: ``huggingfacetb/smollm2-135m-instruct``)."""
+    name = model.name.strip()
+    if model.source == "demo" and name.endswith(_DEMO_SUFFIX):
+        name = name[: -len(_DEMO_SUFFIX)]
+    name = re.sub(r"[()\[\]{}]", "", re.sub(r"\s+", "-", name)).lower()
+    if ":" not in name and model.quantization and model.format.startswith("gguf"):
+        name = f"{name}:{model.quantization.lower()}"
+    return name
 
 
 @dataclass(frozen=True)
@@ -159,30 +177,38 @@ class ServerState:
             "url": self.url,
             "version": __version__,
             "api_key_required": self.api_key is not None,
+            "requests": self.runner.load_report(),
         }
 
     # ------------------------------------------------------------------ names
 
+    @property
+    def model_id(self) -> str:
+        """The served model's id in listings and answers (:func:`model_id`)."""
+        return model_id(self.model)
+
     def matches(self, requested: str) -> bool:
-        """Whether a request's ``model`` names the served model (its name, any case, ``:latest`` or not; its
-        path; ``demo`` for the demo model)."""
+        """Whether a request's ``model`` names the served model: its id (with or without its tag), its library
+        name (any case; the demo's ``SmolLM2-135M-Instruct (demo)`` too), either with ``:latest`` or not, its
+        path, or ``demo`` for the demo model."""
         wanted = strip_tag(requested.strip()).lower()
-        names = {self.model.name.lower(), str(self.model.path).lower()}
+        ident = self.model_id
+        names = {self.model.name.lower(), str(self.model.path).lower(), ident, ident.partition(":")[0]}
         if self.model.source == "demo":
             names.add("demo")
         return wanted in names
 
     def served_name(self, requested: str | None, *, required: bool = False) -> str:
-        """The served model's name for a request's ``model``; 404 for another model (400 if required and missing)."""
+        """The served model's id for a request's ``model``; 404 for another model (400 if required and missing)."""
         if requested is None or not requested.strip():
             if required:
                 raise APIError(400, "model is required", param="model")
-            return self.model.name
+            return self.model_id
         if self.matches(requested):
-            return self.model.name
+            return self.model_id
         raise APIError(
             404,
-            f"model {requested!r} is not served here; this server serves {self.model.name!r} "
+            f"model {requested!r} is not served here; this server serves {self.model_id!r} "
             "(restart `influence serve --model NAME` for another)",
             param="model",
             code="model_not_found",
@@ -245,8 +271,12 @@ class ServerState:
     # ------------------------------------------------------------------ generation
 
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams) -> TokenStream:
+        """Queue a generation on the engine; a 503 (with ``Retry-After``) when its queue is full or it is closed."""
         try:
             return self.runner.submit(prompt_ids, params)
+        except EngineBusyError as exc:
+            retry = str(max(1, round(exc.retry_after)))
+            raise APIError(503, str(exc), code="server_busy", headers={"Retry-After": retry}) from None
         except InfluenceError as exc:  # the engine is closed: the server is shutting down
             raise APIError(503, str(exc)) from None
 

@@ -35,7 +35,13 @@ def test_openai_client_greedy_answer(demo_server: Served) -> None:
         model="demo", messages=[{"role": "user", "content": QUESTION}], max_tokens=24, temperature=0
     )
     assert "Paris" in (reply.choices[0].message.content or "")
-    assert reply.model == demo_server.model.name
+    assert reply.model == "smollm2-135m-instruct:q4_1"  # the served id; the old name is still accepted
+    for name in (demo_server.model.name, "smollm2-135m-instruct", "SmolLM2-135M-Instruct:Q4_1"):
+        again = client.chat.completions.create(
+            model=name, messages=[{"role": "user", "content": QUESTION}], max_tokens=1, temperature=0
+        )
+        assert again.model == "smollm2-135m-instruct:q4_1"
+    assert [m.id for m in client.models.list().data] == ["smollm2-135m-instruct:q4_1"]
 
 
 def test_ollama_client_streams_the_answer(demo_server: Served) -> None:

@@ -1,8 +1,11 @@
-"""The generation loop: prefill the prompt once, then decode one token at a time on the KV cache.
+"""The generation loop: prefill the prompt, then decode one token at a time on the KV cache.
 
-:func:`generate_stream` is what the engine's runner thread calls; it yields one :class:`TokenEvent` per sampled
-token, then a final event carrying :class:`GenerationStats`. Around it, two small helpers turn token ids into
-text that is safe to show as it streams:
+A :class:`Generation` is one request's loop as steps: the prompt's prefill (in chunks, where a setting asks),
+then decode steps, each returning one :class:`TokenEvent` per sampled token and, at the end, a final event
+carrying :class:`GenerationStats`. :func:`generate_stream` drives one alone (the CLI, the self-check); the
+engine's scheduler (:mod:`~influence_tui.core.engine.runner`) drives several, their decode steps batched by
+:func:`decode_together`. Around it, two small helpers turn token ids into text that is safe to show as it
+streams:
 
 * :class:`IncrementalDetokenizer` decodes a short window of recent tokens and emits only the new suffix, once it
   no longer ends in an incomplete character (a multi-byte UTF-8 character split over byte tokens never shows as
@@ -20,7 +23,7 @@ import inspect
 import threading
 import time
 from collections.abc import Collection, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -149,6 +152,243 @@ def _model_device(model: Any) -> torch.device:
     return next(model.parameters()).device  # type: ignore[no-any-return]
 
 
+GenerationState = Literal["prefill", "decode", "done"]
+
+
+class Generation:
+    """One request's generation as steps the caller drives: the prompt's prefill (whole, or in chunks of
+    ``prefill_chunk`` tokens), then one decode step at a time, alone (:meth:`decode_alone`) or in a batch with
+    other requests (:func:`decode_together`). Each step returns the events it produced; the last one carries
+    the stats (see :func:`generate_stream` for what ends a generation and what the stats count).
+
+    Driving it: while not :attr:`done`, call :meth:`check_cancelled` (a set stop event ends it there), then
+    :meth:`prefill_step` while :attr:`prefilling`, else a decode step. Always :meth:`close` it (it gives the KV
+    cache back to the prompt cache; a finished generation has done so already). Everything that decides a
+    token (the chunks of the prompt, the sampling generator, the stop strings) belongs to this request alone,
+    so its text does not depend on what else runs beside it.
+
+    A prompt that is empty or leaves no room for a reply raises :class:`InfluenceError` from the constructor.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        prompt_ids: Sequence[int],
+        params: SamplingParams,
+        *,
+        eos_token_ids: Collection[int],
+        context_length: int,
+        stop_event: threading.Event | None = None,
+        prompt_cache: PromptCache | None = None,
+        prefill_chunk: int = 0,
+    ) -> None:
+        prompt = [int(i) for i in prompt_ids]
+        n_prompt = len(prompt)
+        if n_prompt == 0:
+            raise InfluenceError("The prompt is empty: there is nothing to continue.")
+        if n_prompt >= context_length:
+            raise InfluenceError(
+                f"The prompt is {n_prompt} tokens but the model's context holds {context_length}: "
+                "there is no room left for a reply.",
+                hint="shorten the conversation, start a new chat, or load the model with a longer context",
+            )
+        self.model = model
+        self.params = params
+        self.prompt = prompt
+        self.prefill_chunk = max(0, prefill_chunk)
+        self.stop_event = stop_event
+        self._budget = max(0, min(params.max_tokens, context_length - n_prompt))
+        self._eos = frozenset(int(i) for i in eos_token_ids)
+        self._prompt_cache = prompt_cache
+        self._detok = IncrementalDetokenizer(tokenizer)
+        self._stops = StopStringFilter(params.stop)
+        self._context = list(prompt) if params.repeat_penalty != 1.0 else []
+        self._start = time.perf_counter()
+        self._first_token_at = self._start
+        self._prefill_s = 0.0
+        self.generated = 0
+        self.reused = 0
+        self.state: GenerationState = "prefill"
+        self.token = -1
+        """The last sampled token: the input of the next decode step (it is not in the cache yet)."""
+        self.position = 0
+        """The position :attr:`token` is written at."""
+        self._given_back = True
+        self._final: list[TokenEvent] = []
+        if self._budget == 0:
+            self._final = self._finish("length")
+            return
+        if self._stopped():
+            self._final = self._finish("cancelled")
+            return
+        self.device = _model_device(model)
+        self._extra = _forward_kwargs(model)
+        self._generator = make_generator(params.seed, self.device) if params.temperature > 0 else None
+        if prompt_cache is not None:
+            self.entry, self.reused = prompt_cache.take(model, prompt)
+            self._given_back = False
+        else:
+            self.entry = CachedSequence(new_cache(model))
+        self._prefilled = self.reused
+        self.entry.tokens = prompt[: self.reused]
+
+    # ------------------------------------------------------------------------------------------ state
+
+    @property
+    def done(self) -> bool:
+        return self.state == "done"
+
+    @property
+    def prefilling(self) -> bool:
+        return self.state == "prefill"
+
+    @property
+    def cache(self) -> Any:
+        return self.entry.cache
+
+    @property
+    def prefilled(self) -> int:
+        """Prompt tokens in the cache so far (reused ones included)."""
+        return self._prefilled
+
+    def _stopped(self) -> bool:
+        return self.stop_event is not None and self.stop_event.is_set()
+
+    def initial_events(self) -> list[TokenEvent]:
+        """The final event of a generation that ended in the constructor (nothing to generate, or cancelled
+        before it started); empty otherwise."""
+        events, self._final = self._final, []
+        return events
+
+    def check_cancelled(self) -> list[TokenEvent]:
+        """End the generation (finish ``"cancelled"``) if its stop event is set; call it before each step."""
+        if self.state != "done" and self._stopped():
+            return self._finish("cancelled")
+        return []
+
+    # ------------------------------------------------------------------------------------------ steps
+
+    def prefill_step(self) -> list[TokenEvent]:
+        """Run the next chunk of the prompt (all of it with ``prefill_chunk`` 0); after the last chunk, sample
+        the first token. Returns that token's event (and the final one if it ends the generation), or nothing
+        while chunks remain."""
+        assert self.state == "prefill"
+        n_prompt = len(self.prompt)
+        begin = self._prefilled
+        end = n_prompt if not self.prefill_chunk else min(n_prompt, begin + self.prefill_chunk)
+        with torch.inference_mode():
+            input_ids = torch.tensor([self.prompt[begin:end]], dtype=torch.long, device=self.device)
+            positions = torch.arange(begin, end, dtype=torch.long, device=self.device).unsqueeze(0)
+            out = self.model(
+                input_ids=input_ids,
+                past_key_values=self.entry.cache,
+                position_ids=positions,
+                use_cache=True,
+                **self._extra,
+            )
+            if out.past_key_values is None:
+                raise RuntimeError(f"{type(self.model).__name__} returned no KV cache: it cannot decode incrementally")
+            self.entry.cache = out.past_key_values
+            self.entry.tokens = self.prompt[:end]
+            self._prefilled = end
+            if end < n_prompt:
+                return []
+            token = sample_next(out.logits[0, -1], self.params, self._context, self._generator)
+            del out
+        self._first_token_at = time.perf_counter()
+        self._prefill_s = self._first_token_at - self._start
+        self.position = n_prompt
+        return self._emit(token)
+
+    def decode_alone(self) -> list[TokenEvent]:
+        """One decode step through the model's own call (batch of one)."""
+        assert self.state == "decode"
+        with torch.inference_mode():
+            step_ids = torch.full((1, 1), self.token, dtype=torch.long, device=self.device)
+            step_positions = torch.full((1, 1), self.position, dtype=torch.long, device=self.device)
+            out = self.model(
+                input_ids=step_ids,
+                past_key_values=self.entry.cache,
+                position_ids=step_positions,
+                use_cache=True,
+                **self._extra,
+            )
+            self.entry.cache = out.past_key_values
+            return self.accept(out.logits[0, -1])
+
+    def accept(self, logits: torch.Tensor) -> list[TokenEvent]:
+        """The logits ``[vocab]`` of the step that wrote :attr:`token` into the cache: sample the next token."""
+        self.entry.tokens.append(self.token)
+        self.position += 1
+        return self._emit(sample_next(logits, self.params, self._context, self._generator))
+
+    def _emit(self, token: int) -> list[TokenEvent]:
+        self.generated += 1
+        if token in self._eos:
+            return self._finish("stop")
+        piece = self._stops.feed(self._detok.push(token))
+        events = [TokenEvent(piece, token_id=token)]
+        if self._stops.stopped:
+            return events + self._finish("stop")
+        if self.generated >= self._budget:
+            return events + self._finish("length")
+        if self.params.repeat_penalty != 1.0:
+            self._context.append(token)
+        self.token = token
+        self.state = "decode"
+        return events
+
+    def _finish(self, finish: FinishReason) -> list[TokenEvent]:
+        end = time.perf_counter()
+        self.state = "done"
+        self.close()
+        tail = ""
+        if not self._stops.stopped:
+            tail = self._stops.feed(self._detok.flush())
+            if self._stops.stopped:
+                finish = "stop"
+            else:
+                tail += self._stops.flush()
+        decode_s = end - self._first_token_at
+        generated, n_prompt = self.generated, len(self.prompt)
+        stats = GenerationStats(
+            prompt_tokens=n_prompt,
+            generated_tokens=generated,
+            time_to_first_token_s=self._prefill_s,
+            decode_tokens_per_s=(generated - 1) / decode_s if generated > 1 and decode_s > 0 else 0.0,
+            total_s=end - self._start,
+            finish_reason=finish,
+            prompt_tokens_per_s=(n_prompt - self.reused) / self._prefill_s if self._prefill_s > 0 else 0.0,
+            cached_prompt_tokens=self.reused,
+        )
+        return [TokenEvent(tail, stats=stats)]
+
+    def close(self) -> None:
+        """Give the KV cache back to the prompt cache (once; a cache out of step after an error is dropped)."""
+        if not self._given_back and self._prompt_cache is not None:
+            self._given_back = True
+            self._prompt_cache.give_back(self.entry)
+
+
+def decode_together(generations: Sequence[Generation]) -> list[list[TokenEvent]]:
+    """One decode step for each of ``generations`` (all decoding, on one model): a single
+    :meth:`~influence_tui.core.engine.models.base.CausalLM.decode_batch` call for two or more on a native
+    model, one call each otherwise. Returns each generation's events, in order."""
+    if not generations:
+        return []
+    model = generations[0].model
+    batch = getattr(model, "decode_batch", None)
+    if len(generations) == 1 or not callable(batch):
+        return [g.decode_alone() for g in generations]
+    device = generations[0].device
+    with torch.inference_mode():
+        tokens = torch.tensor([g.token for g in generations], dtype=torch.long, device=device)
+        positions = torch.tensor([g.position for g in generations], dtype=torch.long, device=device)
+        logits = batch(tokens, [g.cache for g in generations], positions)
+        return [g.accept(logits[i]) for i, g in enumerate(generations)]
+
+
 def generate_stream(
     model: Any,
     tokenizer: Any,
@@ -159,6 +399,7 @@ def generate_stream(
     context_length: int,
     stop_event: threading.Event | None = None,
     prompt_cache: PromptCache | None = None,
+    prefill_chunk: int = 0,
 ) -> Iterator[TokenEvent]:
     """Generate from ``prompt_ids``: one event per sampled token (its text may be ``""`` while held back),
     then a final event with the stats and any held-back text.
@@ -173,114 +414,28 @@ def generate_stream(
 
     With a ``prompt_cache``, the KV cache of a earlier sequence that starts like this prompt is reused: only
     the tokens after the shared prefix are prefilled (``cached_prompt_tokens`` in the stats), and the cache of
-    this sequence is handed back for the next request, also when the consumer stops early.
+    this sequence is handed back for the next request, also when the consumer stops early. ``prefill_chunk``
+    (above 0) prefills a long prompt that many tokens at a time.
+
+    This is one :class:`Generation` driven alone; the engine's scheduler drives several at once.
     """
-    prompt = [int(i) for i in prompt_ids]
-    n_prompt = len(prompt)
-    if n_prompt == 0:
-        raise InfluenceError("The prompt is empty: there is nothing to continue.")
-    if n_prompt >= context_length:
-        raise InfluenceError(
-            f"The prompt is {n_prompt} tokens but the model's context holds {context_length}: "
-            "there is no room left for a reply.",
-            hint="shorten the conversation, start a new chat, or load the model with a longer context",
-        )
-    budget = max(0, min(params.max_tokens, context_length - n_prompt))
-    eos = frozenset(int(i) for i in eos_token_ids)
-    stopped = stop_event.is_set if stop_event is not None else lambda: False
-
-    start = time.perf_counter()
-    first_token_at = start
-    prefill_s = 0.0
-    generated = 0
-    finish: FinishReason = "length"
-    detok = IncrementalDetokenizer(tokenizer)
-    stops = StopStringFilter(params.stop)
-    context = list(prompt) if params.repeat_penalty != 1.0 else []
-
-    reused = 0
-    if budget > 0 and not stopped():
-        device = _model_device(model)
-        extra = _forward_kwargs(model)
-        generator = make_generator(params.seed, device) if params.temperature > 0 else None
-        if prompt_cache is not None:
-            entry, reused = prompt_cache.take(model, prompt)
-        else:
-            entry = CachedSequence(new_cache(model))
-        try:
-            with torch.inference_mode():
-                input_ids = torch.tensor([prompt[reused:]], dtype=torch.long, device=device)
-                positions = torch.arange(reused, n_prompt, dtype=torch.long, device=device).unsqueeze(0)
-                out = model(
-                    input_ids=input_ids, past_key_values=entry.cache, position_ids=positions, use_cache=True, **extra
-                )
-                if out.past_key_values is None:
-                    raise RuntimeError(f"{type(model).__name__} returned no KV cache: it cannot decode incrementally")
-                entry.cache = out.past_key_values
-                entry.tokens = list(prompt)
-                token = sample_next(out.logits[0, -1], params, context, generator)
-                del out
-                step_ids = torch.empty((1, 1), dtype=torch.long, device=device)
-                step_positions = torch.empty((1, 1), dtype=torch.long, device=device)
-            first_token_at = time.perf_counter()
-            prefill_s = first_token_at - start
-            position = n_prompt
-            while True:
-                generated += 1
-                if token in eos:
-                    finish = "stop"
-                    break
-                piece = stops.feed(detok.push(token))
-                yield TokenEvent(piece, token_id=token)
-                if stops.stopped:
-                    finish = "stop"
-                    break
-                if generated >= budget:
-                    finish = "length"
-                    break
-                if stopped():
-                    finish = "cancelled"
-                    break
-                if params.repeat_penalty != 1.0:
-                    context.append(token)
-                with torch.inference_mode():
-                    step_ids.fill_(token)
-                    step_positions.fill_(position)
-                    out = model(
-                        input_ids=step_ids,
-                        past_key_values=entry.cache,
-                        position_ids=step_positions,
-                        use_cache=True,
-                        **extra,
-                    )
-                    entry.cache = out.past_key_values
-                    entry.tokens.append(token)
-                    token = sample_next(out.logits[0, -1], params, context, generator)
-                    del out
-                position += 1
-        finally:
-            if prompt_cache is not None:
-                prompt_cache.give_back(entry)
-    elif budget > 0:
-        finish = "cancelled"
-
-    end = time.perf_counter()
-    tail = ""
-    if not stops.stopped:
-        tail = stops.feed(detok.flush())
-        if stops.stopped:
-            finish = "stop"
-        else:
-            tail += stops.flush()
-    decode_s = end - first_token_at
-    stats = GenerationStats(
-        prompt_tokens=n_prompt,
-        generated_tokens=generated,
-        time_to_first_token_s=prefill_s,
-        decode_tokens_per_s=(generated - 1) / decode_s if generated > 1 and decode_s > 0 else 0.0,
-        total_s=end - start,
-        finish_reason=finish,
-        prompt_tokens_per_s=(n_prompt - reused) / prefill_s if prefill_s > 0 else 0.0,
-        cached_prompt_tokens=reused,
+    generation = Generation(
+        model,
+        tokenizer,
+        prompt_ids,
+        params,
+        eos_token_ids=eos_token_ids,
+        context_length=context_length,
+        stop_event=stop_event,
+        prompt_cache=prompt_cache,
+        prefill_chunk=prefill_chunk,
     )
-    yield TokenEvent(tail, stats=stats)
+    try:
+        yield from generation.initial_events()
+        while not generation.done:
+            events = generation.check_cancelled()
+            if not events:
+                events = generation.prefill_step() if generation.prefilling else generation.decode_alone()
+            yield from events
+    finally:
+        generation.close()

@@ -1,9 +1,20 @@
 """One long-lived thread owns the loaded model and every torch call; front ends submit work and get token streams.
 
 The TUI's workers and the server's handlers call :class:`EngineRunner` from their own threads. Loading,
-unloading and generating run on the engine thread, one job at a time, in the order they were submitted: a
-second request waits its turn and never shares the KV cache of another. A request's tokens reach its
-:class:`TokenStream` through a queue; an error on the engine thread is re-raised where the stream is read.
+unloading and generating run on the engine thread. A request's tokens reach its :class:`TokenStream` through a
+queue; an error on the engine thread is re-raised where the stream is read.
+
+**The scheduler.** Up to ``max_batch`` requests generate together (1 by default: one after another, as a
+single-user front end wants; ``influence serve --parallel N`` sets it). Between two decode steps the engine
+admits waiting requests in the order they came, prefills their prompts (``prefill_chunk`` tokens a step for a
+long one, so the others keep streaming), and runs one decode step for every running request at once: the
+weights are read once for the whole batch (:func:`~influence_tui.core.engine.generate.decode_together`). Each
+request keeps its own sampling parameters, seed, stop strings, token budget and KV cache, and its text is the
+text it gets alone. A request whose stop event is set (cancelled, its client gone) leaves at the next step, or
+before it starts. Beyond ``queue_limit`` waiting requests, :meth:`EngineRunner.submit` raises
+:class:`~influence_tui.core.errors.EngineBusyError`. Work run with :meth:`EngineRunner.run` (loading,
+unloading) waits for the requests before it and holds back those after it; :meth:`EngineRunner.with_model`
+work runs between two steps.
 
 Prompt building (chat template, token counts) does not wait for a generation in progress: it runs on the
 caller's thread, on a private copy of the tokenizer guarded by a lock (a fast tokenizer must not be used from
@@ -17,8 +28,10 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -26,7 +39,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from influence_tui.core.errors import InfluenceError
+from influence_tui.core.errors import EngineBusyError, InfluenceError
 from influence_tui.core.prompts import render_prompt
 from influence_tui.core.types import (
     ChatMessage,
@@ -39,6 +52,7 @@ from influence_tui.core.types import (
 )
 
 if TYPE_CHECKING:
+    from influence_tui.core.engine.generate import Generation
     from influence_tui.core.engine.loader import LoadedModel
 
 T = TypeVar("T")
@@ -158,14 +172,14 @@ class TokenStream:
 
 
 class _Job(Protocol):
-    def run(self) -> None: ...
-
     def fail(self, error: BaseException) -> None: ...
 
 
 class _CallJob:
-    def __init__(self, fn: Callable[[], Any]) -> None:
+    def __init__(self, fn: Callable[[], Any], *, barrier: bool = True) -> None:
         self.fn = fn
+        self.barrier = barrier
+        """Whether it waits for the requests queued before it to finish (and holds back those after it)."""
         self.future: Future[Any] = Future()
 
     def run(self) -> None:
@@ -182,22 +196,37 @@ class _CallJob:
 
 
 class _GenerateJob:
-    def __init__(
-        self, runner: EngineRunner, prompt_ids: list[int], params: SamplingParams, stream: TokenStream
-    ) -> None:
-        self.runner = runner
+    def __init__(self, prompt_ids: list[int], params: SamplingParams, stream: TokenStream) -> None:
         self.prompt_ids = prompt_ids
         self.params = params
         self.stream = stream
-
-    def run(self) -> None:
-        self.runner._generate(self)
 
     def fail(self, error: BaseException) -> None:
         self.stream._put(_Failure(error))
 
 
-_SHUTDOWN = object()
+class _Running:
+    """A request the engine is stepping: a real :class:`Generation`, or the events of an injected generate
+    function (stepped one event at a time, never batched)."""
+
+    __slots__ = ("events", "generation", "job", "loaded")
+
+    def __init__(
+        self,
+        job: _GenerateJob,
+        loaded: LoadedModel,
+        *,
+        generation: Generation | None = None,
+        events: Iterator[TokenEvent] | None = None,
+    ) -> None:
+        self.job = job
+        self.loaded = loaded
+        self.generation = generation
+        self.events = events
+
+    @property
+    def stream(self) -> TokenStream:
+        return self.job.stream
 
 
 # ------------------------------------------------------------------------------------------ the runner
@@ -214,10 +243,14 @@ def _takes_prompt_cache(fn: Any) -> bool:
 
 
 class EngineRunner:
-    """The engine thread and its job queue. Create one per process; :meth:`close` it at exit.
+    """The engine thread, its queue and its scheduler (see the module docstring). Create one per process;
+    :meth:`close` it at exit.
 
-    ``generate_fn`` and ``load_fn`` default to the real :func:`~influence_tui.core.engine.generate.generate_stream`
-    and :func:`~influence_tui.core.engine.loader.load_model`; tests pass scripted ones.
+    ``generate_fn`` defaults to the real generation loop, batched; tests pass a scripted function (its requests
+    are stepped one event at a time, never batched). ``load_fn`` defaults to
+    :func:`~influence_tui.core.engine.loader.load_model`. ``max_batch`` requests generate at once,
+    ``queue_limit`` more may wait (None: any number), and ``prefill_chunk`` (above 0) prefills long prompts that
+    many tokens per step.
     """
 
     def __init__(
@@ -226,13 +259,30 @@ class EngineRunner:
         *,
         load_fn: LoadFn | None = None,
         name: str = "influence-engine",
+        max_batch: int = 1,
+        queue_limit: int | None = None,
+        prefill_chunk: int = 0,
     ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
         self._generate_fn = generate_fn
         self._load_fn = load_fn
-        self._jobs: queue.Queue[_Job | object] = queue.Queue()
+        self.max_batch = max_batch
+        self.queue_limit = queue_limit
+        self.prefill_chunk = max(0, prefill_chunk)
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._pending: deque[_CallJob | _GenerateJob] = deque()
+        """Work not started yet, in the order it came (guarded by the lock)."""
+        self._waiting = 0
+        """Generation requests in :attr:`_pending`."""
+        self._running_stops: set[threading.Event] = set()
+        """The stop events of the requests generating now (guarded by the lock)."""
         self._closed = False
-        self._current_stop: threading.Event | None = None
+        self._running: list[_Running] = []
+        """Engine thread only."""
+        self._mean_request_s = 1.0
+        """A moving average of how long a request generates (for ``Retry-After``)."""
         self._loaded: LoadedModel | None = None
         """Read and written on the engine thread only."""
         self._info: LoadedModelInfo | None = None
@@ -244,55 +294,189 @@ class EngineRunner:
     # -- the engine thread
 
     def _loop(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is _SHUTDOWN:
-                break
-            assert isinstance(job, _CallJob | _GenerateJob)
-            job.run()
-        self._unload()
+        try:
+            while True:
+                with self._lock:
+                    while not self._pending and not self._running and not self._closed:
+                        self._wake.wait()
+                    if self._closed and not self._running:
+                        break
+                    calls, admitted, skipped = self._take_work()
+                for job in skipped:
+                    job.stream._put(_cancelled_event(len(job.prompt_ids)))
+                for call in calls:
+                    call.run()
+                for job in admitted:
+                    self._start(job)
+                if self._running:
+                    self._step()
+        finally:
+            self._unload()
 
-    def _generate(self, job: _GenerateJob) -> None:
+    def _take_work(self) -> tuple[list[_CallJob], list[_GenerateJob], list[_GenerateJob]]:
+        """Under the lock: the calls to run now, the requests to start (as many as the batch has room for, in
+        order) and the waiting requests cancelled meanwhile. Nothing moves ahead of a barrier call, which runs
+        once everything before it has finished."""
+        calls: list[_CallJob] = []
+        admitted: list[_GenerateJob] = []
+        skipped: list[_GenerateJob] = []
+        room = self.max_batch - len(self._running)
+        kept: deque[_CallJob | _GenerateJob] = deque()
+        pending = self._pending
+        while pending:
+            job = pending.popleft()
+            if isinstance(job, _GenerateJob):
+                if job.stream.stop_event.is_set():
+                    skipped.append(job)
+                elif len(admitted) < room:
+                    admitted.append(job)
+                    self._running_stops.add(job.stream.stop_event)
+                else:
+                    kept.append(job)
+                    continue
+                self._waiting -= 1
+            elif not job.barrier:
+                calls.append(job)
+            elif not kept and not admitted and not self._running:
+                calls.append(job)
+                break
+            else:
+                kept.append(job)
+                break
+        kept.extend(pending)
+        self._pending = kept
+        return calls, admitted, skipped
+
+    def _start(self, job: _GenerateJob) -> None:
+        """Begin ``job``: its first events (a final one, if it ends at once) go out, and it joins the batch."""
         stream = job.stream
-        if stream.stop_event.is_set():
-            stream._put(_cancelled_event(len(job.prompt_ids)))
-            return
         loaded = self._loaded
         if loaded is None or not loaded.loaded:
-            stream._put(_Failure(InfluenceError("no model is loaded", hint="load a model before generating")))
+            self._end(job, [_Failure(InfluenceError("no model is loaded", hint="load a model before generating"))])
             return
-        generate_fn = self._generate_fn
-        if generate_fn is None:
-            from influence_tui.core.engine.generate import generate_stream
-
-            generate_fn = self._generate_fn = generate_stream
-        with self._lock:
-            self._current_stop = stream.stop_event
+        prompt_cache = getattr(loaded, "prompt_cache", None)
         try:
-            extra: dict[str, Any] = {}
-            prompt_cache = getattr(loaded, "prompt_cache", None)
-            if prompt_cache is not None and _takes_prompt_cache(generate_fn):
-                extra["prompt_cache"] = prompt_cache
-            events = generate_fn(
-                loaded.model,
-                loaded.tokenizer,
-                job.prompt_ids,
-                job.params,
-                eos_token_ids=loaded.info.eos_token_ids,
-                context_length=loaded.info.context_length,
-                stop_event=stream.stop_event,
-                **extra,
-            )
-            for event in events:
-                stream._put(event)
-                if event.stats is not None:
-                    return
-            stream._put(_END)
+            if self._generate_fn is None:
+                from influence_tui.core.engine.generate import Generation
+
+                generation = Generation(
+                    loaded.model,
+                    loaded.tokenizer,
+                    job.prompt_ids,
+                    job.params,
+                    eos_token_ids=loaded.info.eos_token_ids,
+                    context_length=loaded.info.context_length,
+                    stop_event=stream.stop_event,
+                    prompt_cache=prompt_cache,
+                    prefill_chunk=self.prefill_chunk,
+                )
+                running = _Running(job, loaded, generation=generation)
+                first: list[_StreamItem] = list(generation.initial_events())
+            else:
+                extra: dict[str, Any] = {}
+                if prompt_cache is not None and _takes_prompt_cache(self._generate_fn):
+                    extra["prompt_cache"] = prompt_cache
+                events = self._generate_fn(
+                    loaded.model,
+                    loaded.tokenizer,
+                    job.prompt_ids,
+                    job.params,
+                    eos_token_ids=loaded.info.eos_token_ids,
+                    context_length=loaded.info.context_length,
+                    stop_event=stream.stop_event,
+                    **extra,
+                )
+                running = _Running(job, loaded, events=iter(events))
+                first = []
         except Exception as exc:
-            stream._put(_Failure(self._user_error(exc, loaded)))
-        finally:
-            with self._lock:
-                self._current_stop = None
+            self._end(job, [_Failure(self._user_error(exc, loaded))])
+            return
+        if first:
+            self._end(job, first)
+            return
+        self._running.append(running)
+
+    def _step(self) -> None:
+        """One round: cancelled requests leave, prompts are prefilled (one chunk each, about ``prefill_chunk``
+        tokens in all), then every decoding request gets one token, in one batched call."""
+        finished: list[tuple[_Running, list[_StreamItem]]] = []
+        decoding: list[_Running] = []
+        prefilled = 0
+        for running in self._running:
+            generation = running.generation
+            if generation is None:
+                finished.extend(self._step_script(running))
+                continue
+            try:
+                events: list[_StreamItem] = list(generation.check_cancelled())
+                if not events and generation.prefilling:
+                    if self.prefill_chunk and prefilled >= self.prefill_chunk:
+                        continue  # this round's prefill budget is spent: its next chunk comes next round
+                    before = generation.prefilled
+                    events = list(generation.prefill_step())
+                    prefilled += generation.prefilled - before
+                elif not events:
+                    decoding.append(running)
+                    continue
+            except Exception as exc:
+                generation.close()
+                events = [_Failure(self._user_error(exc, running.loaded))]
+            if events:
+                self._deliver(running, events, finished)
+        if decoding:
+            self._decode(decoding, finished)
+        for running, items in finished:
+            self._running.remove(running)
+            self._end(running.job, items)
+
+    def _decode(self, decoding: list[_Running], finished: list[tuple[_Running, list[_StreamItem]]]) -> None:
+        from influence_tui.core.engine.generate import decode_together
+
+        generations = [r.generation for r in decoding if r.generation is not None]
+        try:
+            results = decode_together(generations)
+        except Exception as exc:
+            for running in decoding:
+                if running.generation is not None:
+                    running.generation.close()
+                finished.append((running, [_Failure(self._user_error(exc, running.loaded))]))
+            return
+        for running, events in zip(decoding, results, strict=True):
+            self._deliver(running, list(events), finished)
+
+    def _step_script(self, running: _Running) -> list[tuple[_Running, list[_StreamItem]]]:
+        assert running.events is not None
+        try:
+            event = next(running.events)
+        except StopIteration:
+            return [(running, [_END])]
+        except Exception as exc:
+            return [(running, [_Failure(self._user_error(exc, running.loaded))])]
+        if event.stats is not None:
+            return [(running, [event])]
+        running.stream._put(event)
+        return []
+
+    @staticmethod
+    def _deliver(
+        running: _Running, events: list[_StreamItem], finished: list[tuple[_Running, list[_StreamItem]]]
+    ) -> None:
+        """Hand a step's events to the stream; the last one of a finished request waits for :meth:`_end`."""
+        last = events[-1]
+        if isinstance(last, _Failure) or (isinstance(last, TokenEvent) and last.stats is not None):
+            finished.append((running, events))
+            return
+        for item in events:
+            running.stream._put(item)
+
+    def _end(self, job: _GenerateJob, items: Sequence[_StreamItem]) -> None:
+        """The last items of a request: it no longer counts as running, then its stream ends."""
+        with self._lock:
+            self._running_stops.discard(job.stream.stop_event)
+        for item in items:
+            if isinstance(item, TokenEvent) and item.stats is not None and item.stats.total_s > 0:
+                self._mean_request_s = 0.8 * self._mean_request_s + 0.2 * item.stats.total_s
+            job.stream._put(item)
 
     @staticmethod
     def _user_error(exc: Exception, loaded: LoadedModel) -> BaseException:
@@ -338,23 +522,44 @@ class EngineRunner:
 
     # -- calling into the engine thread
 
-    def _put(self, job: _Job) -> None:
+    def _put(self, job: _CallJob | _GenerateJob) -> None:
         with self._lock:
             if self._closed:
                 raise InfluenceError("the engine is closed")
-            self._jobs.put(job)
+            if isinstance(job, _GenerateJob):
+                if self.queue_limit is not None and self._waiting >= self.queue_limit:
+                    raise EngineBusyError(
+                        f"the engine is busy: {len(self._running_stops)} requests are generating and "
+                        f"{self._waiting} are waiting",
+                        hint="try again in a moment",
+                        retry_after=self._retry_after(),
+                    )
+                self._waiting += 1
+            self._pending.append(job)
+            self._wake.notify()
+
+    def _retry_after(self) -> float:
+        """Seconds until a waiting slot is likely to free: a request's mean time, per round of the batch."""
+        rounds = (self._waiting + 1) / self.max_batch
+        return float(min(60, max(1, math.ceil(self._mean_request_s * rounds))))
 
     def run(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` on the engine thread, after the work already queued, and return its result (blocking)."""
+        """Run ``fn`` on the engine thread once the work queued before it has finished (requests queued after
+        it wait for it), and return its result (blocking)."""
+        return self._call(fn, barrier=True)
+
+    def _call(self, fn: Callable[[], T], *, barrier: bool) -> T:
         if threading.current_thread() is self._thread:
             return fn()
-        job = _CallJob(fn)
+        job = _CallJob(fn, barrier=barrier)
         self._put(job)
         result: T = job.future.result()
         return result
 
     def with_model(self, fn: Callable[[LoadedModel], T]) -> T:
-        """Run ``fn(loaded_model)`` on the engine thread (for work that needs the model itself, e.g. embeddings)."""
+        """Run ``fn(loaded_model)`` on the engine thread between two decode steps, without waiting for the
+        requests generating (for work that needs the model itself, e.g. embeddings). ``fn`` must not unload
+        the model or touch a running request's cache."""
 
         def call() -> T:
             loaded = self._loaded
@@ -362,7 +567,7 @@ class EngineRunner:
                 raise InfluenceError("no model is loaded", hint="load a model first")
             return fn(loaded)
 
-        return self.run(call)
+        return self._call(call, barrier=False)
 
     def load(
         self,
@@ -399,10 +604,16 @@ class EngineRunner:
     def submit(
         self, prompt_ids: Sequence[int], params: SamplingParams, stop_event: threading.Event | None = None
     ) -> TokenStream:
-        """Queue a generation; returns at once. Read the returned stream for its tokens."""
+        """Queue a generation; returns at once. Read the returned stream for its tokens. Raises
+        :class:`~influence_tui.core.errors.EngineBusyError` when ``queue_limit`` requests already wait."""
         stream = TokenStream(stop_event if stop_event is not None else threading.Event())
-        self._put(_GenerateJob(self, [int(i) for i in prompt_ids], params, stream))
+        self._put(_GenerateJob([int(i) for i in prompt_ids], params, stream))
         return stream
+
+    def load_report(self) -> dict[str, int]:
+        """How many requests generate now and how many wait (a snapshot, from any thread)."""
+        with self._lock:
+            return {"running": len(self._running_stops), "waiting": self._waiting, "max_batch": self.max_batch}
 
     # -- the tokenizer, for building prompts
 
@@ -440,25 +651,20 @@ class EngineRunner:
     # -- shutting down
 
     def close(self, timeout: float | None = 30.0) -> None:
-        """Cancel the request running, fail the queued ones, unload the model and stop the thread."""
+        """Cancel the requests running, fail the queued ones, unload the model and stop the thread."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            pending: list[_Job] = []
-            while True:
-                try:
-                    item = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if isinstance(item, _CallJob | _GenerateJob):
-                    pending.append(item)
-            running = self._current_stop
-            self._jobs.put(_SHUTDOWN)
+            pending = list(self._pending)
+            self._pending.clear()
+            self._waiting = 0
+            running = list(self._running_stops)
+            self._wake.notify()
         for job in pending:
             job.fail(InfluenceError("the engine was closed before this request ran"))
-        if running is not None:
-            running.set()
+        for stop in running:
+            stop.set()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 

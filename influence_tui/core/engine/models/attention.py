@@ -5,8 +5,9 @@
 dimension rotates, torch for partial rotary), writes k and v into the cache, then attends: a single new
 position on the decode kernel over the cache (its last ``window`` positions for a sliding layer), a prompt
 with ``scaled_dot_product_attention`` (causal, or an explicit mask after a cached prefix or within a window),
-and eager attention where scores are soft-capped (Gemma 2). :class:`GatedMLP` is ``down(act(gate) * up)``
-with one joined ``gate|up`` product.
+and eager attention where scores are soft-capped (Gemma 2). In a batched decode step (the cache is a
+:class:`~.cache.RowCaches`) the products see every row at once, and each row attends over its own cache exactly
+as it would alone. :class:`GatedMLP` is ``down(act(gate) * up)`` with one joined ``gate|up`` product.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from influence_tui.core.engine.models.cache import RowCaches
 from influence_tui.core.engine.quant.fused import attend_decode, qkv_rope, silu_mul
 
 _GELU_TANH = ("gelu_pytorch_tanh", "gelu_tanh", "gelu_new", "gelu_fast")
@@ -75,9 +77,33 @@ class Attention(nn.Module):
             q, k, v = _partial_rope(
                 qkv, cos, sin, heads=self.heads, kv_heads=self.kv_heads, dim=self.head_dim, rot=self.rotary_dim
             )
-        k, v = cache.update(k, v, self.index)
-        out = self._decode(q, k, v) if t == 1 and self.softcap is None else self._attend(q, k, v, past)
+        if isinstance(cache, RowCaches):
+            out = self._attend_rows(q, k, v, cache)
+        else:
+            k, v = cache.update(k, v, self.index)
+            out = self._decode(q, k, v) if t == 1 and self.softcap is None else self._attend(q, k, v, past)
         return self._o_proj(out)  # type: ignore[no-any-return]
+
+    def _attend_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, caches: RowCaches) -> torch.Tensor:
+        """Each row of a batch over its own cache, by the same calls it would make alone (so a row's numbers
+        never depend on its neighbours): ``[B, 1, H * D]``."""
+        outs = []
+        threads = torch.get_num_threads()
+        # One row's attention is too small to share between threads: a parallel region per row per layer waits
+        # on every thread each time, which costs far more than it saves once the server's own threads compete
+        # for the cores. (Each row's numbers do not depend on the thread count.)
+        torch.set_num_threads(1)
+        try:
+            for row in range(q.shape[0]):
+                k_row, v_row = caches.update_row(row, k[row : row + 1], v[row : row + 1], self.index)
+                q_row = q[row : row + 1]
+                if q_row.shape[2] == 1 and self.softcap is None:
+                    outs.append(self._decode(q_row, k_row, v_row))
+                else:
+                    outs.append(self._attend(q_row, k_row, v_row, caches.past[row]))
+        finally:
+            torch.set_num_threads(threads)
+        return torch.cat(outs)
 
     def _decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """One new position over the cache: the decode kernel for short caches, else one SDPA call with each

@@ -8,6 +8,12 @@ and answers an object with ``.logits`` (float32 ``[B, T or logits_to_keep, vocab
 (the cache it was given, or a new one). The positions in a cache are the positions the tokens were written
 at, from 0 on; ``position_ids`` default to them. :class:`Block` is a pre-norm decoder layer, with Gemma's
 extra norms after attention and MLP where given.
+
+:meth:`CausalLM.decode_batch` is one decode step for several sequences at once, each with its own cache and
+position: the embedding, every projection, the MLPs and the LM head run once on the ``B`` rows (reading each
+weight once for all of them), and attention runs per row over that row's cache (:class:`~.cache.RowCaches`).
+A row's numbers are those it would get alone: the packed kernels, norms and rotary embedding compute each row
+by itself, and its attention makes the calls a single sequence makes.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from influence_tui.core.engine.models.cache import KVCache
+from influence_tui.core.engine.models.cache import KVCache, RowCaches
 from influence_tui.core.engine.models.config import ModelConfig
 from influence_tui.core.engine.models.layers import FloatEmbedding
 from influence_tui.core.engine.models.rope import RotaryTable
@@ -134,10 +140,25 @@ class CausalLM(nn.Module):
         x = self._decode(input_ids, cache, position_ids)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
+        return CausalLMOutput(self._logits(x), cache if use_cache else None)
+
+    def decode_batch(self, tokens: torch.Tensor, caches: Sequence[KVCache], positions: torch.Tensor) -> torch.Tensor:
+        """One decode step for ``B`` sequences: ``tokens[i]`` at ``positions[i]`` after what ``caches[i]`` holds
+        (each cache gets its token's keys and values). Returns float32 logits ``[B, vocab]``; row ``i`` equals
+        what ``forward`` gives sequence ``i`` alone (see the module docstring)."""
+        b = tokens.shape[0]
+        if len(caches) != b or positions.shape[0] != b:
+            raise ValueError(f"{b} tokens need {b} caches and positions, got {len(caches)} and {positions.shape[0]}")
+        rows = RowCaches(caches)
+        position_ids = positions.reshape(b, 1)
+        x = self._residual(tokens.reshape(b, 1), rows, position_ids, past=0, bound=int(position_ids.max()) + 1)
+        return self._logits(x)[:, -1]
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.lm_head(self.norm(x)).float()
         if self.softcap is not None:
             logits = torch.tanh(logits / self.softcap) * self.softcap
-        return CausalLMOutput(logits, cache if use_cache else None)
+        return logits  # type: ignore[no-any-return]
 
     def last_hidden_state(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The final norm's output ``[B, T, hidden]`` for ``input_ids`` (no cache kept): what embeddings from a
@@ -151,7 +172,12 @@ class CausalLM(nn.Module):
         b, t = input_ids.shape
         if position_ids is None:
             position_ids = torch.arange(past, past + t, device=input_ids.device).unsqueeze(0).expand(b, t)
-        bound = past + t
+        return self._residual(input_ids, cache, position_ids, past=past, bound=past + t)
+
+    def _residual(
+        self, input_ids: torch.Tensor, cache: Any, position_ids: torch.Tensor, *, past: int, bound: int
+    ) -> torch.Tensor:
+        """Embedding and every block: the residual stream ``[B, T, hidden]`` (positions all below ``bound``)."""
         tables = [rope.lookup(position_ids, bound) for rope in self.ropes]
         x = self.embed_tokens(input_ids)
         if x.dtype != self.compute_dtype:

@@ -141,3 +141,27 @@ class KVCache:
 
     def __len__(self) -> int:
         return len(self.layers)
+
+
+class RowCaches:
+    """The caches of a batch of sequences, one per row of a decode step (:meth:`CausalLM.decode_batch`).
+
+    Each row's keys and values go to its own :class:`KVCache` (ragged lengths: every sequence has its own past),
+    and attention runs per row over that cache; only the products with the weights see the whole batch.
+    """
+
+    __slots__ = ("caches", "past")
+
+    def __init__(self, caches: Sequence[KVCache]) -> None:
+        self.caches = list(caches)
+        self.past = [cache.get_seq_length() for cache in self.caches]
+        """Each row's cached positions before this step."""
+
+    def update_row(
+        self, row: int, keys: torch.Tensor, values: torch.Tensor, layer: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append row ``row``'s ``keys`` / ``values`` ``[1, KV, T, D]`` to its cache; return all of that row's."""
+        return self.caches[row].update(keys, values, layer)
+
+    def __len__(self) -> int:
+        return len(self.caches)
