@@ -112,8 +112,15 @@ def test_chat_repl_slash_commands_and_autosave(
     data = json.loads(saved.read_text())
     assert [m["role"] for m in data["messages"]] == ["user", "assistant"]  # /retry replaced the reply
     assert data["temperature"] == 0.0
-    autosaved = list((isolated_env / "data" / "sessions").glob("*.json"))
-    assert len(autosaved) == 1 and json.loads(autosaved[0].read_text())["messages"][0]["content"] == "Hello there"
+    from influence_tui.core.store import ChatStore
+
+    store = ChatStore.for_sessions_dir(isolated_env / "data" / "sessions").open()
+    try:
+        (chat,) = store.list()  # autosaved in the chat store
+        assert chat.title == "Hello there"
+        assert [m.content for m in store.load(chat.id).messages][:1] == ["Hello there"]
+    finally:
+        store.close()
 
 
 def test_chat_resumes_a_session_and_saves_on_exit(
