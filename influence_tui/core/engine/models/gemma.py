@@ -19,7 +19,15 @@ import torch
 from influence_tui.core.engine.models.base import Block, CausalLM
 from influence_tui.core.engine.models.config import ModelConfig
 from influence_tui.core.engine.models.layers import RMSNorm, Weights, embedding, take, vector
-from influence_tui.core.engine.models.llama import attention, check, compute_dtype, gated_mlp, head, rope_table
+from influence_tui.core.engine.models.llama import (
+    attention,
+    causal_lm,
+    check,
+    compute_dtype,
+    embed_device,
+    gated_mlp,
+    rope_table,
+)
 
 
 def gemma_norm(weights: Weights, name: str, config: ModelConfig, dtype: torch.dtype) -> RMSNorm:
@@ -51,11 +59,10 @@ def build_gemma(config: ModelConfig, weights: Weights, *, dtype: torch.dtype = t
             )
         )
     final_norm = gemma_norm(weights, "model.norm.weight", config, dtype)
-    lm_head = head(weights, config, embed, dtype)
-    device = next(iter([*embed.parameters(), *embed.buffers()])).device
+    device = embed_device(embed)
     ropes = [rope_table(config, weights, device)]
     rope_of_layer = [0] * config.num_hidden_layers
     if config.rope_local_theta is not None:  # Gemma 3: the sliding layers rotate with their own, unscaled base
         ropes.append(rope_table(config, weights, device, theta=config.rope_local_theta, scaled=False))
         rope_of_layer = [1 if config.is_sliding(i) else 0 for i in range(config.num_hidden_layers)]
-    return CausalLM(config, embed, layers, final_norm, lm_head, ropes=ropes, rope_of_layer=rope_of_layer, dtype=dtype)
+    return causal_lm(config, weights, embed, layers, final_norm, dtype=dtype, ropes=ropes, rope_of_layer=rope_of_layer)

@@ -11,6 +11,7 @@ Weights come as HF state-dict names (``model.layers.3.self_attn.q_proj.weight``.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from influence_tui.core.engine.models.attention import Attention, GatedMLP, supported_activation
 from influence_tui.core.engine.models.base import Block, CausalLM
@@ -117,33 +118,63 @@ def check(config: ModelConfig) -> None:
         raise ModelFormatError(f"{config.model_type} with experts is not a dense llama-family model")
 
 
-def build_llama(config: ModelConfig, weights: Weights, *, dtype: torch.dtype = torch.float32) -> CausalLM:
-    """The llama-family model of ``config`` over ``weights`` (HF names)."""
-    check(config)
-    dtype = compute_dtype(weights, dtype)
-    embed = embedding(take(weights, "model.embed_tokens.weight"), dtype=dtype)
-    layers = []
-    for i in range(config.num_hidden_layers):
-        prefix = f"model.layers.{i}"
-        layers.append(
-            Block(
-                attention(weights, f"{prefix}.self_attn", i, config, dtype),
-                gated_mlp(weights, f"{prefix}.mlp", config, dtype),
-                norm(weights, f"{prefix}.input_layernorm.weight", config, dtype),
-                norm(weights, f"{prefix}.post_attention_layernorm.weight", config, dtype),
-            )
-        )
-    final_norm = norm(weights, "model.norm.weight", config, dtype)
+def pre_norm_block(
+    weights: Weights, prefix: str, config: ModelConfig, dtype: torch.dtype, *, attn: nn.Module, mlp: nn.Module
+) -> Block:
+    """Layer ``prefix`` as ``x + attn(norm(x))``, ``x + mlp(norm(x))`` with its two RMSNorms."""
+    return Block(
+        attn,
+        mlp,
+        norm(weights, f"{prefix}.input_layernorm.weight", config, dtype),
+        norm(weights, f"{prefix}.post_attention_layernorm.weight", config, dtype),
+    )
+
+
+def embed_device(embed: nn.Module) -> torch.device:
+    device: torch.device = next(iter([*embed.parameters(), *embed.buffers()])).device
+    return device
+
+
+def causal_lm(
+    config: ModelConfig,
+    weights: Weights,
+    embed: nn.Module,
+    layers: list[Block],
+    final_norm: nn.Module,
+    *,
+    dtype: torch.dtype,
+    ropes: list[RotaryTable] | None = None,
+    rope_of_layer: list[int] | None = None,
+) -> CausalLM:
+    """The model around its layers: the LM head (tied or not) and the rotary table(s), one for every layer
+    unless ``ropes`` / ``rope_of_layer`` say otherwise."""
     lm_head = head(weights, config, embed, dtype)
-    device = next(iter([*embed.parameters(), *embed.buffers()])).device
-    rope = rope_table(config, weights, device)
     return CausalLM(
         config,
         embed,
         layers,
         final_norm,
         lm_head,
-        ropes=[rope],
-        rope_of_layer=[0] * config.num_hidden_layers,
+        ropes=ropes if ropes is not None else [rope_table(config, weights, embed_device(embed))],
+        rope_of_layer=rope_of_layer if rope_of_layer is not None else [0] * config.num_hidden_layers,
         dtype=dtype,
     )
+
+
+def build_llama(config: ModelConfig, weights: Weights, *, dtype: torch.dtype = torch.float32) -> CausalLM:
+    """The llama-family model of ``config`` over ``weights`` (HF names)."""
+    check(config)
+    dtype = compute_dtype(weights, dtype)
+    embed = embedding(take(weights, "model.embed_tokens.weight"), dtype=dtype)
+    layers = [
+        pre_norm_block(
+            weights,
+            f"model.layers.{i}",
+            config,
+            dtype,
+            attn=attention(weights, f"model.layers.{i}.self_attn", i, config, dtype),
+            mlp=gated_mlp(weights, f"model.layers.{i}.mlp", config, dtype),
+        )
+        for i in range(config.num_hidden_layers)
+    ]
+    return causal_lm(config, weights, embed, layers, norm(weights, "model.norm.weight", config, dtype), dtype=dtype)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 
 from influence_tui.core.engine.models.attention import Attention, GatedMLP
-from influence_tui.core.engine.models.base import Block, CausalLM
+from influence_tui.core.engine.models.base import CausalLM
 from influence_tui.core.engine.models.config import ModelConfig
 from influence_tui.core.engine.models.layers import Weights, embedding, linear, take
-from influence_tui.core.engine.models.llama import check, compute_dtype, head, norm, rope_table
+from influence_tui.core.engine.models.llama import causal_lm, check, compute_dtype, norm, pre_norm_block
 
 
 def build_phi3(config: ModelConfig, weights: Weights, *, dtype: torch.dtype = torch.float32) -> CausalLM:
@@ -41,23 +41,5 @@ def build_phi3(config: ModelConfig, weights: Weights, *, dtype: torch.dtype = to
             linear(weights, f"{prefix}.mlp.down_proj", dtype=dtype, bias=config.mlp_bias),
             config.hidden_act,
         )
-        layers.append(
-            Block(
-                attn,
-                mlp,
-                norm(weights, f"{prefix}.input_layernorm.weight", config, dtype),
-                norm(weights, f"{prefix}.post_attention_layernorm.weight", config, dtype),
-            )
-        )
-    final_norm = norm(weights, "model.norm.weight", config, dtype)
-    device = next(iter([*embed.parameters(), *embed.buffers()])).device
-    return CausalLM(
-        config,
-        embed,
-        layers,
-        final_norm,
-        head(weights, config, embed, dtype),
-        ropes=[rope_table(config, weights, device)],
-        rope_of_layer=[0] * config.num_hidden_layers,
-        dtype=dtype,
-    )
+        layers.append(pre_norm_block(weights, prefix, config, dtype, attn=attn, mlp=mlp))
+    return causal_lm(config, weights, embed, layers, norm(weights, "model.norm.weight", config, dtype), dtype=dtype)

@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from influence_tui.core.engine.models.attention import GatedMLP
-from influence_tui.core.engine.models.base import Block, CausalLM
+from influence_tui.core.engine.models.base import CausalLM
 from influence_tui.core.engine.models.config import ModelConfig
 from influence_tui.core.engine.models.layers import Weights, embedding, joined_linear, linear, take
-from influence_tui.core.engine.models.llama import attention, compute_dtype, gated_mlp, head, norm, rope_table
+from influence_tui.core.engine.models.llama import attention, causal_lm, compute_dtype, gated_mlp, norm, pre_norm_block
 from influence_tui.core.errors import ModelFormatError
 
 
@@ -96,23 +96,6 @@ def build_qwen3_moe(config: ModelConfig, weights: Weights, *, dtype: torch.dtype
             mlp = SparseMoE(router, experts, top_k=config.num_experts_per_tok, norm_topk_prob=config.norm_topk_prob)
         else:
             mlp = gated_mlp(weights, f"{prefix}.mlp", config, dtype)
-        layers.append(
-            Block(
-                attention(weights, f"{prefix}.self_attn", i, config, dtype),
-                mlp,
-                norm(weights, f"{prefix}.input_layernorm.weight", config, dtype),
-                norm(weights, f"{prefix}.post_attention_layernorm.weight", config, dtype),
-            )
-        )
-    final_norm = norm(weights, "model.norm.weight", config, dtype)
-    device = next(iter([*embed.parameters(), *embed.buffers()])).device
-    return CausalLM(
-        config,
-        embed,
-        layers,
-        final_norm,
-        head(weights, config, embed, dtype),
-        ropes=[rope_table(config, weights, device)],
-        rope_of_layer=[0] * config.num_hidden_layers,
-        dtype=dtype,
-    )
+        attn = attention(weights, f"{prefix}.self_attn", i, config, dtype)
+        layers.append(pre_norm_block(weights, prefix, config, dtype, attn=attn, mlp=mlp))
+    return causal_lm(config, weights, embed, layers, norm(weights, "model.norm.weight", config, dtype), dtype=dtype)
