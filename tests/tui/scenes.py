@@ -267,4 +267,5 @@ async def editing(pilot: Pilot[None]) -> None:
 
     prompt = pilot.app.screen.query_one(PromptInput)
     prompt.set_text("Suggest a colour for the logo of a calendar app.")
+    await pilot.pause(0.5)  # a loaded machine: let scrolling and the edit marker finish before the picture
     await still(pilot)
