@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install lock test-latest run test test-fast lint typecheck check screenshots bench bench-compare bench-peers clean
+.PHONY: help install lock test-latest run test test-fast snapshot-update lint typecheck check screenshots bench bench-compare bench-peers clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -59,6 +59,9 @@ test: $(STAMP) ## Install (once) and run the whole test suite
 
 test-fast: $(STAMP) ## Run the tests that load no real model
 	$(BIN)/pytest -m "not slow"
+
+snapshot-update: $(STAMP) ## Rewrite the TUI snapshot pictures (tests/snapshots) after a deliberate change; look at the report first
+	$(BIN)/pytest tests/snapshots --snapshot-update
 
 lint: $(STAMP) ## ruff check, format check and the import contracts (the layers, in pyproject.toml)
 	$(BIN)/ruff check influence_tui tests bench

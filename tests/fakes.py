@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from influence_tui.core.config import Settings
-from influence_tui.core.engine.runner import TokenStream, _Failure
+from influence_tui.core.engine.token_stream import EngineFailure, TokenStream
 from influence_tui.core.errors import InfluenceError
 from influence_tui.core.types import (
     ChatMessage,
@@ -215,7 +215,7 @@ class ScriptedRunner:
         self, stream: TokenStream, prompt_tokens: int, tokens: list[str], params: SamplingParams, fail_after: int | None
     ) -> None:
         if self._loaded is None:
-            stream._put(_Failure(InfluenceError("no model is loaded", hint="load a model before generating")))
+            stream._put(EngineFailure(InfluenceError("no model is loaded", hint="load a model before generating")))
             return
         sent = 0
         finish = "stop"
@@ -227,7 +227,7 @@ class ScriptedRunner:
                 finish = "length"
                 break
             if fail_after is not None and sent >= fail_after:
-                stream._put(_Failure(InfluenceError("the engine broke down", hint="scripted failure")))
+                stream._put(EngineFailure(InfluenceError("the engine broke down", hint="scripted failure")))
                 return
             if self.delay and sent % self.burst == 0:
                 time.sleep(self.delay)

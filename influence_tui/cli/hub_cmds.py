@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from influence_tui.cli.common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, console, print_json, settings_from
+from influence_tui.core.hub.text import count, day, duration
+from influence_tui.core.memory import describe_machine
 from influence_tui.core.units import human_count, human_size
 
 if TYPE_CHECKING:
@@ -23,25 +25,6 @@ if TYPE_CHECKING:
 BAR_DELAY_S = 0.5
 """A progress bar appears only for work that has taken longer than this (cached and tiny files stay quiet)."""
 PLAIN_REPORT_EVERY_S = 5.0
-
-
-def _when(iso: str | None) -> str:
-    return iso[:10] if iso else "-"
-
-
-def _count(n: int | None) -> str:
-    return f"{n:,}" if n is not None else "-"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = max(0, int(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 # ------------------------------------------------------------------------------------------ search, info
@@ -85,9 +68,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         tags = [t for t in m.tags if t not in shown and ":" not in t][:6]
         table.add_row(
             name,
-            _count(m.downloads),
-            _count(m.likes),
-            _when(m.updated),
+            count(m.downloads),
+            count(m.likes),
+            day(m.updated),
             m.pipeline_tag or "-",
             m.library_name or "-",
             Text(", ".join(tags), style="dim"),
@@ -121,9 +104,9 @@ def _print_details(out: Console, d: HubModelDetails) -> None:
     grid.add_column(overflow="fold")
     rows = [
         ("author", m.author or "-"),
-        ("downloads", f"{_count(m.downloads)} (30 days)"),
-        ("likes", _count(m.likes)),
-        ("updated", _when(m.updated)),
+        ("downloads", f"{count(m.downloads)} (30 days)"),
+        ("likes", count(m.likes)),
+        ("updated", day(m.updated)),
         ("task", m.pipeline_tag or "-"),
         ("library", m.library_name or "-"),
         ("architecture", d.architecture or "-"),
@@ -145,12 +128,7 @@ def _print_details(out: Console, d: HubModelDetails) -> None:
         files.add_row(Text(f.path), human_size(f.size), "lfs" if f.lfs else "git")
     out.print(files)
 
-    machine = d.machine
-    where = f"{human_size(machine.ram_available)} RAM free"
-    if machine.vram_free is not None:
-        where += f", {human_size(machine.vram_free)} VRAM free on {machine.gpu_name or 'the GPU'}"
-    else:
-        where += ", no CUDA GPU"
+    where = describe_machine(d.machine)
     if not d.choices:
         out.print(Text("No safetensors or GGUF weights: Influence cannot run this repo.", style="yellow"))
         return
@@ -250,7 +228,7 @@ class ProgressView:
                 self._last_plain = now
                 self._line(
                     f"  {p.fraction:4.0%}  {human_size(p.done_bytes)} / {human_size(p.total_bytes)}"
-                    f"  {human_size(int(p.speed))}/s  ETA {_duration(p.eta_s)}"
+                    f"  {human_size(int(p.speed))}/s  ETA {duration(p.eta_s)}"
                 )
             return
         progress = self._progress

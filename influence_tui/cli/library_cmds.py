@@ -22,7 +22,8 @@ _RUNTIME_NOTES = {
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from influence_tui.core.remotes import list_remotes, load_remotes
+    from influence_tui.core.remote_catalog import list_remotes
+    from influence_tui.core.remotes import load_remotes
 
     models: list[LocalModel] = library_from(args).models() if not args.remote else []
     remotes = load_remotes() if not args.local else {}
@@ -149,7 +150,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def _show_remote(args: argparse.Namespace) -> int:
     from influence_tui.core.engine.remote import RemoteEngine
-    from influence_tui.core.remotes import RemoteCatalog
+    from influence_tui.core.remote_catalog import RemoteCatalog
 
     found = RemoteCatalog().model(args.name)
     assert found is not None

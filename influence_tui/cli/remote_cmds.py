@@ -91,7 +91,7 @@ def cmd_remote_list(args: argparse.Namespace) -> int:
 
 
 def cmd_remote_show(args: argparse.Namespace) -> int:
-    from influence_tui.core.remotes import list_remote
+    from influence_tui.core.remote_catalog import list_remote
 
     remote = _remote(args.name)
     listing = list_remote(remote, timeout_s=min(10.0, remote.read_timeout_s))

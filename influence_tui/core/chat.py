@@ -11,7 +11,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from influence_tui.core.errors import InfluenceError
-from influence_tui.core.types import GenerationStats, SamplingParams
+from influence_tui.core.sessions import reply_reserve
+from influence_tui.core.types import GenerationStats
+
+__all__ = ["ReplyInProgress", "finish_reply", "is_remote", "reply_reserve", "start_reply"]
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -30,11 +33,6 @@ if TYPE_CHECKING:
 def is_remote(engine: object) -> TypeIs[RemoteEngine]:
     """Whether ``engine`` is a remote engine (checked without importing the HTTP client)."""
     return getattr(engine, "remote_engine", False) is True
-
-
-def reply_reserve(params: SamplingParams, context_length: int) -> int:
-    """Tokens kept free for the reply when fitting history: max_tokens, but never more than half the context."""
-    return max(1, min(params.max_tokens, context_length // 2))
 
 
 @dataclass

@@ -21,6 +21,7 @@ from typing import Any
 from influence_tui.core import paths
 from influence_tui.core.errors import ConfigError
 from influence_tui.core.fsutil import atomic_write_text
+from influence_tui.core.params import PARAM_RANGES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -77,6 +78,17 @@ class Settings:
     """Requests `influence serve` keeps waiting beyond those generating; more get 503 with Retry-After."""
     prefill_chunk: int = 512
     """Prompt tokens prefilled per step while other requests generate (0: a whole prompt at once)."""
+    prompt_cache_mib: int = 256
+    """MiB of recent conversations' KV caches `influence serve` keeps to skip their history (0: none; TUI: 64)."""
+    shutdown_grace: float = 10.0
+    """Seconds `influence serve` lets running requests finish once told to stop; then they end with "abort"."""
+    keep_alive: str = "5m"
+    """How long `influence serve` keeps a model loaded after its last request (5m, 1h, 300; -1: forever; 0: unload
+    at once); an Ollama request's keep_alive overrides it. The --model one stays forever unless this is set."""
+    max_loaded_memory: int | None = None
+    """Bytes (8GiB, 512MiB...) the models `influence serve` loads may take together (unset: 75% of RAM, or of VRAM)."""
+    max_loaded_models: int = 0
+    """Most models `influence serve` keeps loaded at once (0: as many as the memory budget allows)."""
     hub_endpoint: str = DEFAULT_HUB_ENDPOINT
     """HuggingFace Hub endpoint or mirror."""
     hf_token: str | None = None
@@ -162,8 +174,37 @@ def _as_url(raw: object) -> str:
     return text
 
 
+def _as_keep_alive(raw: object) -> str:
+    from influence_tui.core.units import parse_keep_alive
+
+    text = _text(raw)
+    parse_keep_alive(text)
+    return text
+
+
+def _as_size(raw: object) -> int | None:
+    from influence_tui.core.units import parse_size
+
+    text = _text(raw)
+    if text.lower() in ("", "auto", "none", "off"):
+        return None
+    return parse_size(text)
+
+
+def _float_in(name: str, *, optional: bool = False) -> Callable[[object], float | None]:
+    """The parser of a float sampling parameter, in its one range (:data:`.params.PARAM_RANGES`)."""
+    bounds = PARAM_RANGES[name]
+    return lambda raw: _as_float(raw, low=bounds.low, high=bounds.high, optional=optional)
+
+
+def _int_in(name: str, *, optional: bool = False) -> Callable[[object], int | None]:
+    """The parser of a whole-number sampling parameter, in its one range."""
+    bounds = PARAM_RANGES[name]
+    return lambda raw: _as_int(raw, low=int(bounds.low), high=int(bounds.high), optional=optional)
+
+
 def _top_k(raw: object) -> int | None:
-    value = _as_int(raw, low=0, high=1_000_000, optional=True)
+    value = _int_in("top_k", optional=True)(raw)
     return value or None
 
 
@@ -180,15 +221,13 @@ _SPECS: dict[str, _Spec] = {
     "models_dir": _Spec(_as_path, ("INFLUENCE_MODELS_DIR", "INFLUENCE_OUTPUT_DIR"), "--models-dir"),
     "sessions_dir": _Spec(_as_path, ("INFLUENCE_SESSIONS_DIR",)),
     "cache_dir": _Spec(_as_path, ("INFLUENCE_CACHE_DIR",)),
-    "temperature": _Spec(lambda r: _as_float(r, low=0.0, high=100.0), ("INFLUENCE_TEMPERATURE",), "--temperature"),
-    "top_p": _Spec(lambda r: _as_float(r, low=0.0, high=1.0), ("INFLUENCE_TOP_P",), "--top-p"),
+    "temperature": _Spec(_float_in("temperature"), ("INFLUENCE_TEMPERATURE",), "--temperature"),
+    "top_p": _Spec(_float_in("top_p"), ("INFLUENCE_TOP_P",), "--top-p"),
     "top_k": _Spec(_top_k, ("INFLUENCE_TOP_K",), "--top-k"),
-    "min_p": _Spec(lambda r: _as_float(r, low=0.0, high=1.0, optional=True), ("INFLUENCE_MIN_P",), "--min-p"),
-    "repeat_penalty": _Spec(
-        lambda r: _as_float(r, low=0.01, high=100.0), ("INFLUENCE_REPEAT_PENALTY",), "--repeat-penalty"
-    ),
-    "max_tokens": _Spec(lambda r: _as_int(r, low=1, high=10_000_000), ("INFLUENCE_MAX_TOKENS",), "--max-tokens"),
-    "seed": _Spec(lambda r: _as_int(r, low=0, high=2**63 - 1, optional=True), ("INFLUENCE_SEED",), "--seed"),
+    "min_p": _Spec(_float_in("min_p", optional=True), ("INFLUENCE_MIN_P",), "--min-p"),
+    "repeat_penalty": _Spec(_float_in("repeat_penalty"), ("INFLUENCE_REPEAT_PENALTY",), "--repeat-penalty"),
+    "max_tokens": _Spec(_int_in("max_tokens"), ("INFLUENCE_MAX_TOKENS",), "--max-tokens"),
+    "seed": _Spec(_int_in("seed", optional=True), ("INFLUENCE_SEED",), "--seed"),
     "device": _Spec(lambda r: _as_choice(r, DEVICES), ("INFLUENCE_DEVICE",), "--device"),
     "device_index": _Spec(lambda r: _as_int(r, low=0, high=1024), ("INFLUENCE_DEVICE_INDEX",)),
     "dtype": _Spec(lambda r: _as_choice(r, DTYPES), ("INFLUENCE_DTYPE",), "--dtype"),
@@ -198,6 +237,13 @@ _SPECS: dict[str, _Spec] = {
     "parallel": _Spec(lambda r: _as_int(r, low=1, high=256), ("INFLUENCE_PARALLEL",), "--parallel"),
     "queue_limit": _Spec(lambda r: _as_int(r, low=0, high=1_000_000), ("INFLUENCE_QUEUE_LIMIT",)),
     "prefill_chunk": _Spec(lambda r: _as_int(r, low=0, high=1_000_000), ("INFLUENCE_PREFILL_CHUNK",)),
+    "prompt_cache_mib": _Spec(lambda r: _as_int(r, low=0, high=1_048_576), ("INFLUENCE_PROMPT_CACHE_MIB",)),
+    "keep_alive": _Spec(_as_keep_alive, ("INFLUENCE_KEEP_ALIVE", "OLLAMA_KEEP_ALIVE"), "--keep-alive"),
+    "max_loaded_memory": _Spec(_as_size, ("INFLUENCE_MAX_LOADED_MEMORY",), "--memory-budget"),
+    "max_loaded_models": _Spec(
+        lambda r: _as_int(r, low=0, high=1024), ("INFLUENCE_MAX_LOADED_MODELS",), "--max-models"
+    ),
+    "shutdown_grace": _Spec(lambda r: _as_float(r, low=0.0, high=86_400.0), ("INFLUENCE_SHUTDOWN_GRACE",), "--grace"),
     "hub_endpoint": _Spec(_as_url, ("INFLUENCE_MIRROR", "HF_ENDPOINT"), "--mirror"),
     "hf_token": _Spec(_as_optional_text, ("INFLUENCE_HF_TOKEN", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"), "--token", True),
 }

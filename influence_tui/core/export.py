@@ -11,7 +11,7 @@ from pathlib import Path
 
 from influence_tui.core.errors import SessionError
 from influence_tui.core.fsutil import atomic_write_text
-from influence_tui.core.sessions import PARAM_NAMES, ChatSession, _parse_time
+from influence_tui.core.sessions import PARAM_NAMES, ChatSession, parse_time
 
 
 def local_time(iso: str) -> str:
@@ -26,7 +26,7 @@ def local_time(iso: str) -> str:
 
 
 def _when(iso: str) -> str:
-    parsed = _parse_time(iso) if iso else None
+    parsed = parse_time(iso) if iso else None
     return parsed.strftime("%Y-%m-%d %H:%M UTC") if parsed else iso
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from influence_tui.core.ggml import GGML_TYPE_NAMES, GGML_TYPE_SIZES, GGUF_FILE_TYPE_NAMES
 
 __all__ = [  # the ggml tables are re-exported: engine code imports them from here
+    "CONTEXT_LENGTH_KEYS",
     "GGML_MAX_DIMS",
     "GGML_TYPE_NAMES",
     "GGML_TYPE_SIZES",
@@ -48,6 +49,17 @@ __all__ = [  # the ggml tables are re-exported: engine code imports them from he
 GGUF_MAGIC = b"GGUF"
 SPLIT_GGUF = re.compile(r"^(?P<stem>.+)-(?P<part>\d{5})-of-(?P<total>\d{5})\.gguf$", re.IGNORECASE)
 """The name of one part of a split GGUF (llama.cpp's ``gguf-split``): ``<stem>-00001-of-00003.gguf``."""
+
+CONTEXT_LENGTH_KEYS = (
+    "max_position_embeddings",
+    "n_positions",
+    "max_seq_len",
+    "seq_length",
+    "n_ctx",
+    "max_sequence_length",
+)
+"""The ``config.json`` keys that state a model's context length, in the order they are looked up (the library
+scan, the loader and the memory estimate all read this one list)."""
 
 
 def gguf_group_key(name: str) -> str:
@@ -230,9 +242,6 @@ class GGUFCursor:
         if fmt is None:
             raise FormatError(f"unknown GGUF value type {vtype}")
         return self.unpack(fmt, struct.calcsize(fmt))
-
-
-_Cursor = GGUFCursor  # the old name, still imported by engine/tokenizer.py
 
 
 def read_gguf_header(path: Path) -> GGUFHeader:

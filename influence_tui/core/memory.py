@@ -7,7 +7,9 @@ import shutil
 import sys
 from typing import Any
 
+from influence_tui.core.formats import CONTEXT_LENGTH_KEYS
 from influence_tui.core.types import MachineMemory, MemoryEstimate, Verdict
+from influence_tui.core.units import human_size
 
 DEFAULT_CONTEXT = 4096
 """Context (tokens) the memory estimate sizes the KV cache for."""
@@ -49,6 +51,15 @@ def machine_memory(*, probe_gpu: bool = True, device_index: int = 0) -> MachineM
     )
 
 
+def describe_machine(machine: MachineMemory) -> str:
+    """The one sentence every front end shows of this machine's memory: ``12 GiB RAM free, no CUDA GPU`` or
+    ``..., 20 GiB VRAM free on NVIDIA L4``."""
+    where = f"{human_size(machine.ram_available)} RAM free"
+    if machine.vram_free is not None:
+        return f"{where}, {human_size(machine.vram_free)} VRAM free on {machine.gpu_name or 'the GPU'}"
+    return f"{where}, no CUDA GPU"
+
+
 def kv_shape_from_config(config: dict[str, Any]) -> dict[str, int]:
     """``layers``, ``kv_heads``, ``head_dim`` (and ``context``) from a transformers config.json."""
     scope = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
@@ -69,7 +80,7 @@ def kv_shape_from_config(config: dict[str, Any]) -> dict[str, int]:
     shape: dict[str, int] = {}
     if layers and kv_heads and head_dim:
         shape = {"layers": layers, "kv_heads": kv_heads, "head_dim": head_dim}
-    context = first("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "n_ctx")
+    context = first(*CONTEXT_LENGTH_KEYS)
     if context:
         shape["context"] = context
     return shape

@@ -3,13 +3,13 @@
 It holds each chat's title, model, system prompt and sampling parameters, and its messages as a tree
 (:mod:`influence_tui.core.branches`: every message has a parent, so edits and regenerated replies are kept as
 branches) with the branch shown. Messages are indexed by FTS5, so a search across ten thousand chats takes
-milliseconds (``bench/store_search.py``).
+milliseconds (``bench/store_search.py``; the query and snippets: :mod:`.store_search`).
 
 Writes are small transactions, one per change: a front end writes the user's message when it is sent and the
 reply when it is done or stopped (:meth:`ChatStore.autosave`), so a crash loses at most the reply being
 written. WAL lets a second Influence read and write the same store.
 
-The schema is migrated on open by ``PRAGMA user_version`` (each step in :data:`MIGRATIONS` runs once, in one
+The schema (:mod:`.store_schema`) is migrated on open by ``PRAGMA user_version`` (each step runs once, in one
 transaction). The first open imports the JSON session files of the sessions dir (the files stay as they are);
 ``/save`` and ``/load`` still write and read that JSON format, now as export and import.
 
@@ -20,10 +20,8 @@ A database that is damaged, locked by another program, or written by a newer Inf
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import threading
-import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
@@ -33,13 +31,26 @@ from typing import Any
 from influence_tui.core.branches import ChatTree, Node
 from influence_tui.core.errors import SessionError
 from influence_tui.core.sessions import ChatSession, SessionProblem, SessionStore, make_title, utc_now
+from influence_tui.core.store_schema import MIGRATIONS, SCHEMA_VERSION, migration_statements
+from influence_tui.core.store_search import Snippet, fts_query, make_snippet
 from influence_tui.core.types import ChatMessage, SamplingParams
+
+__all__ = [  # the schema version and the search helpers are re-exported: callers import them from here
+    "SCHEMA_VERSION",
+    "STORE_NAME",
+    "ChatStore",
+    "ChatSummary",
+    "ImportReport",
+    "SearchHit",
+    "Snippet",
+    "StoreError",
+    "fts_query",
+    "make_snippet",
+    "store_path",
+]
 
 STORE_NAME = "chats.db"
 """The database's file name, in the sessions dir."""
-
-SCHEMA_VERSION = 1
-"""``PRAGMA user_version`` of a store this version writes."""
 
 LOCK_TIMEOUT_S = 2.0
 """How long a write waits for another program's write to finish before the store is said to be locked."""
@@ -50,70 +61,6 @@ SCAN_BATCH = 512
 
 class StoreError(SessionError):
     """The chat store cannot be opened, read or written (damaged, locked, too new); it was left as it is."""
-
-
-# ------------------------------------------------------------------------------------------ the schema
-
-MIGRATIONS: tuple[str, ...] = (
-    # 0 -> 1: chats, their messages as a tree, full-text search over the messages and the titles, the JSON
-    # files imported.
-    """
-    CREATE TABLE chats (
-        id TEXT PRIMARY KEY,
-        title TEXT NOT NULL DEFAULT '',
-        model TEXT,
-        system_prompt TEXT,
-        params TEXT NOT NULL DEFAULT '{}',
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL,
-        head TEXT,
-        message_count INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE INDEX chats_by_update ON chats (updated_at DESC);
-    CREATE TABLE messages (
-        seq INTEGER PRIMARY KEY,
-        id TEXT NOT NULL UNIQUE,
-        chat_id TEXT NOT NULL REFERENCES chats (id) ON DELETE CASCADE,
-        parent TEXT,
-        role TEXT NOT NULL,
-        content TEXT NOT NULL,
-        created_at TEXT NOT NULL DEFAULT ''
-    );
-    CREATE INDEX messages_by_chat ON messages (chat_id, seq);
-    CREATE VIRTUAL TABLE messages_fts USING fts5 (
-        content, content = 'messages', content_rowid = 'seq', tokenize = 'unicode61 remove_diacritics 2'
-    );
-    CREATE TRIGGER messages_ai AFTER INSERT ON messages BEGIN
-        INSERT INTO messages_fts (rowid, content) VALUES (new.seq, new.content);
-    END;
-    CREATE TRIGGER messages_ad AFTER DELETE ON messages BEGIN
-        INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.seq, old.content);
-    END;
-    CREATE TRIGGER messages_au AFTER UPDATE OF content ON messages BEGIN
-        INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.seq, old.content);
-        INSERT INTO messages_fts (rowid, content) VALUES (new.seq, new.content);
-    END;
-    CREATE VIRTUAL TABLE chats_fts USING fts5 (
-        title, content = 'chats', content_rowid = 'rowid', tokenize = 'unicode61 remove_diacritics 2'
-    );
-    CREATE TRIGGER chats_ai AFTER INSERT ON chats BEGIN
-        INSERT INTO chats_fts (rowid, title) VALUES (new.rowid, new.title);
-    END;
-    CREATE TRIGGER chats_ad AFTER DELETE ON chats BEGIN
-        INSERT INTO chats_fts (chats_fts, rowid, title) VALUES ('delete', old.rowid, old.title);
-    END;
-    CREATE TRIGGER chats_au AFTER UPDATE OF title ON chats WHEN old.title IS NOT new.title BEGIN
-        INSERT INTO chats_fts (chats_fts, rowid, title) VALUES ('delete', old.rowid, old.title);
-        INSERT INTO chats_fts (rowid, title) VALUES (new.rowid, new.title);
-    END;
-    CREATE TABLE imported (
-        name TEXT PRIMARY KEY,
-        chat_id TEXT,
-        imported_at TEXT NOT NULL
-    );
-    """,
-)
-"""Step ``n`` takes a store from ``user_version`` n to n + 1."""
 
 
 # ------------------------------------------------------------------------------------------ what it returns
@@ -130,15 +77,6 @@ class ChatSummary:
     """Messages in the branch shown."""
     created_at: str
     updated_at: str
-
-
-@dataclass(frozen=True)
-class Snippet:
-    """A piece of a message around the words searched for."""
-
-    text: str
-    spans: tuple[tuple[int, int], ...] = ()
-    """(start, end) of each match in :attr:`text`."""
 
 
 @dataclass(frozen=True)
@@ -189,59 +127,6 @@ def params_from_json(text: str, defaults: SamplingParams) -> SamplingParams:
         elif value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
             values[spec.name] = value
     return replace(defaults, **values)
-
-
-def fts_query(text: str) -> str | None:
-    """An FTS5 query matching every word of ``text`` (the last one as a prefix, as it is being typed); None
-    when there is no word. Quoting each word keeps FTS5 syntax (``AND``, ``*``, ``"``) out of user text."""
-    words = re.findall(r"\w+", text)
-    if not words:
-        return None
-    quoted = [f'"{word}"' for word in words]
-    quoted[-1] += "*"
-    return " ".join(quoted)
-
-
-def _fold(text: str) -> str:
-    """``text`` lowercased and without accents, character for character (so positions stay the same), as
-    FTS5's ``remove_diacritics`` tokenizer compares words."""
-    if text.isascii():
-        return text.lower()
-    folded = []
-    for char in text:
-        base = "".join(c for c in unicodedata.normalize("NFD", char) if not unicodedata.combining(c))
-        lowered = (base or char).lower()
-        folded.append(lowered if len(lowered) == 1 else char)
-    return "".join(folded)
-
-
-def _words_pattern(query: str) -> re.Pattern[str] | None:
-    """Words starting with one of the words of ``query`` (in folded text), or None when it has none."""
-    words = sorted({_fold(w) for w in re.findall(r"\w+", query)}, key=len, reverse=True)
-    return re.compile(r"\b(?:" + "|".join(map(re.escape, words)) + r")\w*") if words else None
-
-
-def make_snippet(text: str, query: str, *, before: int = 40, width: int = 160) -> Snippet:
-    """A line of ``text`` around its first match of the words of ``query``, every match in it marked."""
-    line = " ".join(text.split())
-    pattern = _words_pattern(query)
-    folded = _fold(line)
-    first = pattern.search(folded) if pattern is not None else None
-    if pattern is None or first is None:
-        return Snippet(line[:width] + ("…" if len(line) > width else ""))
-    start = max(0, first.start() - before)
-    if start:
-        space = line.find(" ", start, first.start())
-        start = space + 1 if space != -1 else start
-    end = min(len(line), start + width)
-    if end < len(line):
-        space = line.rfind(" ", first.end(), end)
-        end = space if space != -1 else end
-    prefix = "…" if start else ""
-    shown = prefix + line[start:end] + ("…" if end < len(line) else "")
-    shift = len(prefix) - start
-    spans = tuple((m.start() + shift, m.end() + shift) for m in pattern.finditer(folded, start, end))
-    return Snippet(shown, spans)
 
 
 # ------------------------------------------------------------------------------------------ the store
@@ -335,7 +220,7 @@ class ChatStore:
             # Read again inside the transaction: another program may have migrated it meanwhile.
             current = int(conn.execute("PRAGMA user_version").fetchone()[0])
             for step in range(current, SCHEMA_VERSION):
-                for statement in _statements(MIGRATIONS[step]):
+                for statement in migration_statements(MIGRATIONS[step]):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {step + 1}")
             if current == 0:
@@ -595,18 +480,3 @@ def _summary(row: Sequence[Any]) -> ChatSummary:
         created_at=str(row[4]),
         updated_at=str(row[5]),
     )
-
-
-def _statements(script: str) -> list[str]:
-    """A migration's statements (a trigger's body keeps its own semicolons)."""
-    statements: list[str] = []
-    current = ""
-    for line in script.splitlines(keepends=True):
-        current += line
-        if sqlite3.complete_statement(current):
-            if current.strip():
-                statements.append(current.strip())
-            current = ""
-    if current.strip():
-        statements.append(current.strip())
-    return statements

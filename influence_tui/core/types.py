@@ -70,9 +70,9 @@ class LocalModel:
         None for weights Influence does not load (pickles, unknown files)."""
         if self.format not in LOADABLE_FORMATS:
             return None
-        from influence_tui.core.engine.models import runtime_of
+        from influence_tui.core.runtimes import runtime_for
 
-        return runtime_of(self)
+        return runtime_for(self.format, self.architecture)
 
     @property
     def format_label(self) -> str:

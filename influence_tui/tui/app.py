@@ -27,7 +27,8 @@ from influence_tui import __version__
 from influence_tui.core.config import Settings
 from influence_tui.core.errors import InfluenceError
 from influence_tui.core.library import Library
-from influence_tui.core.remotes import RemoteCatalog, RemoteModel, resolve_model
+from influence_tui.core.remote_catalog import RemoteCatalog
+from influence_tui.core.remotes import RemoteModel, resolve_model
 from influence_tui.core.store import ChatStore
 from influence_tui.tui.download_service import DownloadService, DownloadUpdated
 from influence_tui.tui.messages import ChatWithModel, ModelLoaded, ModelLoadFailed, ModelLoading

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Literal
 
 from influence_tui.core.config import Settings
 from influence_tui.core.library import Library
-from influence_tui.core.remotes import RemoteCatalog, RemoteModel
+from influence_tui.core.remote_catalog import RemoteCatalog
+from influence_tui.core.remotes import RemoteModel
 from influence_tui.core.store import ChatStore
 from influence_tui.core.types import LoadedModelInfo, LoadOptions, LocalModel
 

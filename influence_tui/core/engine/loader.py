@@ -8,7 +8,9 @@ Two runtimes (:func:`~influence_tui.core.engine.models.runtime_of` says which a 
 * **transformers**: any other causal LM through ``AutoModelForCausalLM`` (:mod:`.hf`), and a native model
   whose file asks for what the native code does not compute, or that fails its self-check.
 
-Every load ends with a self-check (:mod:`.selfcheck`: one pass against prefill-then-decode through the cache).
+What is refused before loading is checked in :mod:`.checks`; the device and dtype a setting names are resolved
+in :mod:`.devices`. Every load ends with a self-check (:mod:`.selfcheck`: one pass against prefill-then-decode
+through the cache).
 
 What is refused, each with a :class:`ModelFormatError` that says why and what to do instead:
 
@@ -24,7 +26,6 @@ This module imports torch; only the engine imports it, never a front end at star
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from collections.abc import Callable
@@ -34,111 +35,43 @@ from typing import Any
 
 import torch
 
-from influence_tui.core.config import DEVICES, DTYPES, QUANTIZE_MODES
+from influence_tui.core.config import QUANTIZE_MODES
+from influence_tui.core.engine.checks import check_generative, check_loadable
+from influence_tui.core.engine.devices import (
+    CPU_AUTO_DTYPE,
+    device_name,
+    dtype_name,
+    release_memory,
+    resolve_device,
+    resolve_dtype,
+)
 from influence_tui.core.engine.kvcache import PromptCache
 from influence_tui.core.errors import ConfigError, InfluenceError, ModelFormatError
-from influence_tui.core.fsutil import read_json_object
+from influence_tui.core.formats import CONTEXT_LENGTH_KEYS
 from influence_tui.core.types import LoadedModelInfo, LocalModel
 
-_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
-
-_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "n_ctx", "max_sequence_length")
+__all__ = [  # the checks and the device/dtype functions are re-exported: callers import them from here
+    "CPU_AUTO_DTYPE",
+    "DEFAULT_CONTEXT_LENGTH",
+    "END_OF_TURN_TOKENS",
+    "LoadedModel",
+    "check_loadable",
+    "describe_info",
+    "dtype_name",
+    "eos_token_ids",
+    "is_out_of_memory",
+    "load_model",
+    "out_of_memory_error",
+    "release_memory",
+    "resolve_device",
+    "resolve_dtype",
+]
 DEFAULT_CONTEXT_LENGTH = 2048
 """Used when neither the model's config nor its library entry gives a context length."""
 
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
 """Chat templates end a turn with one of these; a chat model must stop on it even when its configs name only
 the end-of-text token. Counted as an eos only when it is in the vocabulary and the chat template writes it."""
-
-
-def _cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 / AMX through oneDNN), not by emulation."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # pragma: no cover - a torch build without oneDNN
-        capability = str(torch.backends.cpu.get_cpu_capability())
-        return "AVX512" in capability
-
-
-# The dtype "auto" picks on CPU. bfloat16 halves the memory and the bytes read per token, which is what bounds
-# CPU decoding speed, but only pays where oneDNN has native bf16 kernels; elsewhere float32 is faster.
-# bench/decode.py measures float32 against bfloat16 decoding on this machine: set this constant from what it
-# reports (it is the one place the CPU default is decided).
-CPU_AUTO_DTYPE: torch.dtype = torch.bfloat16 if _cpu_has_native_bf16() else torch.float32
-
-
-# ------------------------------------------------------------------------------------------ device and dtype
-
-
-def resolve_device(device: str = "auto", device_index: int = 0) -> torch.device:
-    """The torch device for the ``device`` setting: auto is cuda, else mps, else cpu. An unavailable explicit
-    device is a :class:`ConfigError` (the setting has a value this machine cannot honour)."""
-    name = device.strip().lower()
-    if name not in DEVICES:
-        raise ConfigError(f"device {device!r} is not one of {', '.join(DEVICES)}")
-    if name == "auto":
-        if torch.cuda.is_available():
-            name = "cuda"
-        elif _mps_available():
-            return torch.device("mps")
-        else:
-            return torch.device("cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "mps":
-        if not _mps_available():
-            raise ConfigError(
-                "device is mps but Apple's Metal backend (MPS) is not available here",
-                hint="use --device cpu, or auto to pick what this machine has",
-            )
-        return torch.device("mps")
-    if not torch.cuda.is_available():
-        why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
-        raise ConfigError(
-            f"device is cuda but {why}",
-            hint="use --device cpu, or auto to pick what this machine has",
-        )
-    count = torch.cuda.device_count()
-    if not 0 <= device_index < count:
-        raise ConfigError(
-            f"device_index is {device_index} but there {'is' if count == 1 else 'are'} {count} CUDA GPU(s)",
-            hint=f"set INFLUENCE_DEVICE_INDEX to 0..{count - 1}",
-        )
-    return torch.device("cuda", device_index)
-
-
-def _mps_available() -> bool:
-    backend = getattr(torch.backends, "mps", None)
-    return bool(backend is not None and backend.is_available())
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """The torch dtype for the ``dtype`` setting on ``device``. auto: bfloat16 on CUDA GPUs that support it
-    (else float16), float16 on MPS, :data:`CPU_AUTO_DTYPE` on CPU."""
-    name = dtype.strip().lower()
-    if name not in DTYPES:
-        raise ConfigError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    if name != "auto":
-        return _DTYPES[name]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "mps":
-        return torch.float16
-    return CPU_AUTO_DTYPE
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """``bfloat16`` for ``torch.bfloat16``."""
-    return str(dtype).removeprefix("torch.")
-
-
-def device_name(device: torch.device) -> str:
-    """``cpu``, ``mps``, ``cuda:0``."""
-    return f"{device.type}:{device.index}" if device.type == "cuda" and device.index is not None else device.type
 
 
 # ------------------------------------------------------------------------------------------ the loaded model
@@ -199,89 +132,6 @@ class LoadedModel:
         release_memory(self.torch_device)
 
 
-def release_memory(device: torch.device | None = None) -> None:
-    gc.collect()
-    if (device is None or device.type == "cuda") and torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    if (device is None or device.type == "mps") and _mps_available():
-        torch.mps.empty_cache()
-
-
-# ------------------------------------------------------------------------------------------ checks
-
-
-def needs_remote_code(folder: Path) -> str | None:
-    """The file asking for custom code (``auto_map`` in config.json or tokenizer_config.json), if any."""
-    for name in ("config.json", "tokenizer_config.json"):
-        if read_json_object(folder / name).get("auto_map"):
-            return name
-    return None
-
-
-def check_loadable(local_model: LocalModel) -> None:
-    """Refuse what the engine will not load, with a :class:`ModelFormatError` saying why and what to do."""
-    name = local_model.name
-    if local_model.format == "pytorch-bin":
-        raise ModelFormatError(
-            f"{name} has only PyTorch pickle weights (.bin); unpickling can run arbitrary code, so Influence never loads them",
-            hint="use a safetensors or GGUF version of this model",
-        )
-    if local_model.format == "unknown":
-        problems = "; ".join(local_model.problems) or "no weights found"
-        raise ModelFormatError(f"{name} cannot be loaded: {problems}")
-    if local_model.format == "gguf-split":
-        raise ModelFormatError(
-            f"{name} is a split GGUF ({len(local_model.weight_files)} parts), which the transformers GGUF loader cannot read",
-            hint="merge the parts into one file with `llama-gguf-split --merge`, or use a single-file GGUF",
-        )
-    if local_model.format in ("safetensors", "safetensors-sharded"):
-        folder = local_model.path
-        remote = needs_remote_code(folder)
-        if remote:
-            raise ModelFormatError(
-                f"{name} needs custom code from its model folder (auto_map in {remote}); Influence never runs code from a model folder",
-                hint="use a model whose architecture transformers supports natively",
-            )
-    if not local_model.complete:
-        problems = "; ".join(local_model.problems) or "part of its weights is missing"
-        raise ModelFormatError(f"{name} is incomplete: {problems}", hint="download it again")
-    if not local_model.has_tokenizer:
-        where = "in its GGUF metadata" if local_model.gguf_file else "(tokenizer.json or tokenizer.model)"
-        raise ModelFormatError(
-            f"{name} has no tokenizer {where}",
-            hint="download the tokenizer files from the model's repo next to its weights",
-        )
-    if local_model.problems:
-        raise ModelFormatError(f"{name} cannot be loaded: {'; '.join(local_model.problems)}")
-
-
-_GENERATION_HEADS = ("CausalLM", "LMHead", "ConditionalGeneration")
-_NO_GENERATION_SUFFIXES = (
-    "Model",
-    "ForMaskedLM",
-    "ForSequenceClassification",
-    "ForTokenClassification",
-    "ForQuestionAnswering",
-    "ForMultipleChoice",
-    "ForPreTraining",
-    "ForNextSentencePrediction",
-)
-
-
-def check_generative(local_model: LocalModel) -> None:
-    """Refuse a model whose config names only classes that cannot generate text: an encoder (``BertModel``,
-    ``...ForMaskedLM``) or a bare base model without its language-model head. transformers would otherwise
-    build a causal LM around it with a random head and the chat would be noise."""
-    archs = local_model.architectures
-    if not archs or any(head in a for a in archs for head in _GENERATION_HEADS):
-        return
-    if all(a.endswith(_NO_GENERATION_SUFFIXES) for a in archs):
-        raise ModelFormatError(
-            f"{local_model.name} is a {archs[0]}: an encoder or a base model without a language-model head, which cannot generate text",
-            hint="use it for embeddings, or chat with a model whose config names a ...ForCausalLM class",
-        )
-
-
 # ------------------------------------------------------------------------------------------ loading
 
 
@@ -329,7 +179,7 @@ def _context_length(config: Any, local_model: LocalModel) -> int:
     for scope in scopes:
         if scope is None:
             continue
-        for key in _CONTEXT_KEYS:
+        for key in CONTEXT_LENGTH_KEYS:
             value = getattr(scope, key, None)
             if isinstance(value, int) and value > 0:
                 return value
@@ -427,9 +277,9 @@ def _load_native(
 ) -> LoadedModel | None:
     """The native model, self-checked; None (after a warning) when the file asks for something the native
     code does not compute or the check fails: the caller then loads it through transformers."""
-    from influence_tui.core.engine.models import load_native
     from influence_tui.core.engine.quant import kernels
     from influence_tui.core.engine.tokenizer import NativeTokenizer
+    from influence_tui.core.engine.weights import load_native
 
     start = time.perf_counter()
     gguf = local_model.gguf_file

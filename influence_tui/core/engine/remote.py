@@ -29,7 +29,7 @@ from influence_tui.core.engine.remote_wire import takes_extras
 from influence_tui.core.engine.runner import TokenStream
 from influence_tui.core.errors import RemoteError
 from influence_tui.core.remotes import RemoteModel
-from influence_tui.core.sessions import PromptPlan, build_prompt
+from influence_tui.core.sessions import PromptPlan, build_prompt, reply_reserve
 from influence_tui.core.types import ChatMessage, GenerationStats, LoadedModelInfo, SamplingParams, TokenEvent
 
 OLLAMA_DEFAULT_CONTEXT = 8192
@@ -282,8 +282,6 @@ class RemoteEngine:
     ) -> tuple[PromptPlan, list[dict[str, str]]]:
         """The conversation to send, fitted to the remote's context by estimated counts (left as it is when
         the context is unknown), and the plan saying what was left out."""
-        from influence_tui.core.chat import reply_reserve
-
         context = self._info.context_length if self._info else 0
         fit_to = context or 1 << 40
         plan = build_prompt(

@@ -10,7 +10,8 @@ from textual.widgets import DataTable, Static
 from textual.worker import get_current_worker
 
 from influence_tui.core.library import Library
-from influence_tui.core.remotes import RemoteCatalog, RemoteListing, RemoteModel
+from influence_tui.core.remote_catalog import RemoteCatalog
+from influence_tui.core.remotes import RemoteListing, RemoteModel
 from influence_tui.core.types import LocalModel
 from influence_tui.core.units import human_count, human_size
 from influence_tui.tui.dialogs.base import Dialog

@@ -15,6 +15,7 @@ from textual.containers import Horizontal, Vertical
 from textual.content import Content
 from textual.widgets import Button, DataTable, Static
 
+from influence_tui.core.memory import describe_machine
 from influence_tui.core.types import HubModelDetails, QuantChoice
 from influence_tui.core.units import human_size
 from influence_tui.tui.dialogs.base import Dialog
@@ -24,12 +25,7 @@ from influence_tui.tui.paths import stylesheet
 
 def machine_line(details: HubModelDetails) -> str:
     """``Memory for a 4,096-token context · this machine: 12 GiB RAM free, no CUDA GPU``."""
-    machine = details.machine
-    where = f"{human_size(machine.ram_available)} RAM free"
-    if machine.vram_free is not None:
-        where += f", {human_size(machine.vram_free)} VRAM free on {machine.gpu_name or 'the GPU'}"
-    else:
-        where += ", no CUDA GPU"
+    where = describe_machine(details.machine)
     context = next((c.memory.context for c in details.choices if c.memory), None)
     head = f"Memory for a {context:,}-token context" if context else "Memory"
     return f"{head} · this machine: {where}"

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from influence_tui.core.engine import loader
+from influence_tui.core.engine import devices, loader
 from influence_tui.core.engine.loader import (
     CPU_AUTO_DTYPE,
     check_loadable,
@@ -156,7 +156,7 @@ def test_demo_gguf(demo_loaded: loader.LoadedModel) -> None:
 
 def test_auto_device_is_cpu_without_accelerators(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(loader, "_mps_available", lambda: False)
+    monkeypatch.setattr(devices, "_mps_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu")
     assert resolve_device("cpu", 3) == torch.device("cpu")
 
@@ -169,13 +169,13 @@ def test_auto_device_prefers_cuda_then_mps(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(ConfigError, match="device_index is 2 but there are 2 CUDA GPU"):
         resolve_device("cuda", 2)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(loader, "_mps_available", lambda: True)
+    monkeypatch.setattr(devices, "_mps_available", lambda: True)
     assert resolve_device("auto") == torch.device("mps")
 
 
 def test_unavailable_explicit_device_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(loader, "_mps_available", lambda: False)
+    monkeypatch.setattr(devices, "_mps_available", lambda: False)
     with pytest.raises(ConfigError, match="device is cuda but") as cuda:
         resolve_device("cuda")
     assert "--device cpu" in str(cuda.value)
@@ -202,7 +202,7 @@ def test_dtype_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_cpu_auto_dtype_is_float32_or_bfloat16() -> None:
     assert CPU_AUTO_DTYPE in (torch.bfloat16, torch.float32)
-    assert isinstance(loader._cpu_has_native_bf16(), bool)
+    assert isinstance(devices._cpu_has_native_bf16(), bool)
 
 
 # ------------------------------------------------------------------------------------------ eos ids

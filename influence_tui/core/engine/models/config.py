@@ -1,8 +1,8 @@
 """What a native model is made of: one frozen :class:`ModelConfig`, read from config.json or GGUF metadata.
 
-:meth:`ModelConfig.from_hf_config` takes a ``config.json`` as a dict (the older top-level ``rope_theta`` /
+:func:`.sources.hf_config` takes a ``config.json`` as a dict (the older top-level ``rope_theta`` /
 ``rope_scaling`` layout and transformers 5's ``rope_parameters``, per layer type for Gemma 3, are both read);
-:meth:`ModelConfig.from_gguf_metadata` takes a GGUF file's metadata (``<arch>.embedding_length``...). Anything
+:func:`.sources.gguf_config` takes a GGUF file's metadata (``<arch>.embedding_length``...). Anything
 the native models cannot compute (an unknown rope type, a family not implemented) is a
 :class:`~influence_tui.core.errors.ModelFormatError`, so a caller can fall back to transformers. Neither reads
 torch (the readers are in :mod:`.sources`); :func:`native_architecture` says which ``model_type`` /
@@ -17,33 +17,21 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from influence_tui.core.errors import ModelFormatError
+from influence_tui.core.runtimes import GGUF_TO_HF, family_of, native_architecture
 
 FULL = "full_attention"
 SLIDING = "sliding_attention"
 
-# model_type (config.json) or general.architecture (GGUF) -> the family module that computes it.
-_FAMILIES: dict[str, str] = {
-    "llama": "llama",
-    "mistral": "llama",
-    "qwen2": "llama",
-    "qwen3": "llama",
-    "gemma2": "gemma",
-    "gemma3_text": "gemma",
-    "phi3": "phi3",
-    "qwen3_moe": "qwen3_moe",
-}
-GGUF_TO_HF = {"qwen3moe": "qwen3_moe", "gemma3": "gemma3_text", "mistral": "llama"}
-"""GGUF ``general.architecture`` -> transformers' ``model_type``, where they differ."""
-
-
-def native_architecture(name: str) -> bool:
-    """Whether ``name`` (a ``model_type`` or a GGUF ``general.architecture``) has a native model here."""
-    return family_of(name) is not None
-
-
-def family_of(name: str) -> str | None:
-    """The family module (``llama``, ``gemma``, ``phi3``, ``qwen3_moe``) of a model_type or GGUF architecture."""
-    return _FAMILIES.get(GGUF_TO_HF.get(name, name))
+__all__ = [  # the architecture table lives in core.runtimes (no torch), re-exported for the engine
+    "FULL",
+    "GGUF_TO_HF",
+    "SLIDING",
+    "ModelConfig",
+    "RopeScaling",
+    "family_of",
+    "native_architecture",
+    "yarn_attention_factor",
+]
 
 
 @dataclass(frozen=True)
@@ -172,24 +160,6 @@ class ModelConfig:
     def with_(self, **changes: Any) -> ModelConfig:
         """A copy with ``changes`` (configs are replaced, never mutated)."""
         return replace(self, **changes)
-
-    # ------------------------------------------------------------------------------------------ sources
-
-    @classmethod
-    def from_hf_config(cls, config: Mapping[str, Any]) -> ModelConfig:
-        """From a ``config.json`` dict; keys it omits take transformers' defaults for that model_type. A Gemma 3
-        multimodal config is read as its ``text_config`` (the vision tower is not native)."""
-        from influence_tui.core.engine.models.sources import hf_fields
-
-        return cls(**hf_fields(config))
-
-    @classmethod
-    def from_gguf_metadata(cls, metadata: Mapping[str, Any], *, vocab_size: int | None = None) -> ModelConfig:
-        """From a GGUF file's metadata. ``vocab_size`` (the token embedding's rows) is used where the file has no
-        ``<arch>.vocab_size`` and its token list was not read."""
-        from influence_tui.core.engine.models.sources import gguf_fields
-
-        return cls(**gguf_fields(metadata, vocab_size=vocab_size))
 
 
 def yarn_attention_factor(scaling: RopeScaling) -> float:

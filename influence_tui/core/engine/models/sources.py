@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from influence_tui.core.engine.models.config import FULL, GGUF_TO_HF, SLIDING, RopeScaling, family_of
+from influence_tui.core.engine.models.config import FULL, GGUF_TO_HF, SLIDING, ModelConfig, RopeScaling, family_of
 from influence_tui.core.errors import ModelFormatError
 
 _ROPE_KINDS = ("default", "linear", "llama3", "yarn")
@@ -62,6 +62,18 @@ HF_DEFAULTS: dict[str, dict[str, Any]] = {
         "moe_intermediate_size": 768,
     },
 }
+
+
+def hf_config(config: Mapping[str, Any]) -> ModelConfig:
+    """The :class:`ModelConfig` of a ``config.json`` dict; keys it omits take transformers' defaults for that
+    model_type. A Gemma 3 multimodal config is read as its ``text_config`` (the vision tower is not native)."""
+    return ModelConfig(**hf_fields(config))
+
+
+def gguf_config(metadata: Mapping[str, Any], *, vocab_size: int | None = None) -> ModelConfig:
+    """The :class:`ModelConfig` of a GGUF file's metadata. ``vocab_size`` (the token embedding's rows) is used
+    where the file has no ``<arch>.vocab_size`` and its token list was not read."""
+    return ModelConfig(**gguf_fields(metadata, vocab_size=vocab_size))
 
 
 def hf_fields(config: Mapping[str, Any]) -> dict[str, Any]:

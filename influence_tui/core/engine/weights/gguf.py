@@ -22,6 +22,7 @@ from influence_tui.core.engine.models.base import CausalLM
 from influence_tui.core.engine.models.config import ModelConfig, native_architecture
 from influence_tui.core.engine.models.layers import ConsumedWeights, Weight
 from influence_tui.core.engine.models.registry import build_model
+from influence_tui.core.engine.models.sources import gguf_config
 from influence_tui.core.engine.quant.gguf_weights import GGUFArchitecture, read_gguf_file
 from influence_tui.core.engine.quant.packed import PackedWeight, dequantize
 from influence_tui.core.errors import ModelFormatError
@@ -78,7 +79,7 @@ def load_gguf_model(
     embed = tensors.get("model.embed_tokens.weight")
     if embed is None:
         raise ModelFormatError(f"{path.name} has no token embedding (token_embd.weight)")
-    config = ModelConfig.from_gguf_metadata(metadata, vocab_size=embed.shape[0])
+    config = gguf_config(metadata, vocab_size=embed.shape[0])
     # Gemma's converter stores norm weights as 1 + w: the offset is in the weights already.
     config = config.with_(vocab_size=int(embed.shape[0]), tie_word_embeddings=tied, norm_offset=0.0)
     if config.num_experts:

@@ -24,6 +24,7 @@ from influence_tui.core.engine.models.base import CausalLM
 from influence_tui.core.engine.models.config import ModelConfig
 from influence_tui.core.engine.models.layers import ConsumedWeights
 from influence_tui.core.engine.models.registry import build_model
+from influence_tui.core.engine.models.sources import hf_config
 from influence_tui.core.engine.quant.modules import quantize_model_weights
 from influence_tui.core.errors import ModelFormatError
 from influence_tui.core.fsutil import read_json_object
@@ -169,7 +170,7 @@ def load_safetensors_model(
     target = torch.device(device)
     if packed and target.type != "cpu":
         raise ModelFormatError(f"quantize {quantize} keeps weights packed for the CPU kernels, not {target}")
-    config = ModelConfig.from_hf_config(read_json_object(folder / "config.json"))
+    config = hf_config(read_json_object(folder / "config.json"))
     float_dtype = torch.float32 if packed else dtype  # packed models keep norms and biases in float32
     tensors = ConsumedWeights()
     for file in weight_files(folder):
