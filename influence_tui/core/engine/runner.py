@@ -29,16 +29,17 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from influence_tui.core.engine import heap
+from influence_tui.core.engine.token_stream import NO_FINAL_EVENT, EngineFailure, StreamItem, TokenStream
 from influence_tui.core.errors import EngineBusyError, InfluenceError
 from influence_tui.core.prompts import render_prompt
 from influence_tui.core.types import (
@@ -56,6 +57,8 @@ if TYPE_CHECKING:
     from influence_tui.core.engine.loader import LoadedModel
 
 T = TypeVar("T")
+
+__all__ = ["EngineRunner", "GenerateFn", "LoadFn", "TokenStream"]
 
 
 class GenerateFn(Protocol):
@@ -89,83 +92,6 @@ class LoadFn(Protocol):
         cache_dir: Path | None = None,
         on_status: Callable[[str], None] | None = None,
     ) -> LoadedModel: ...
-
-
-# ------------------------------------------------------------------------------------------ token streams
-
-
-@dataclass(frozen=True)
-class _Failure:
-    error: BaseException
-
-
-class _End:
-    """The generator finished without a final event (only a broken generate function does that)."""
-
-
-_END = _End()
-
-_StreamItem = TokenEvent | _Failure | _End
-
-
-class TokenStream:
-    """The events of one request, in order, ending with the event that carries the stats.
-
-    Iterate it from any one thread. An error raised on the engine thread is raised here. :meth:`cancel` (or
-    leaving a ``with`` block early) sets the request's stop event: the stream then ends soon with a final
-    event whose finish reason is ``"cancelled"``.
-    """
-
-    def __init__(self, stop_event: threading.Event) -> None:
-        self.stop_event = stop_event
-        self._items: queue.SimpleQueue[_StreamItem] = queue.SimpleQueue()
-        self._finished = False
-        self.stats: GenerationStats | None = None
-        """Set once the final event has been read."""
-
-    # engine side
-    def _put(self, item: _StreamItem) -> None:
-        self._items.put(item)
-
-    # consumer side
-    def __iter__(self) -> Iterator[TokenEvent]:
-        return self
-
-    def __next__(self) -> TokenEvent:
-        if self._finished:
-            raise StopIteration
-        item = self._items.get()
-        if isinstance(item, _Failure):
-            self._finished = True
-            raise item.error
-        if isinstance(item, _End):
-            self._finished = True
-            raise StopIteration
-        if item.stats is not None:
-            self._finished = True
-            self.stats = item.stats
-        return item
-
-    @property
-    def finished(self) -> bool:
-        return self._finished
-
-    def cancel(self) -> None:
-        """Ask the engine to stop this request (a request still waiting its turn never starts)."""
-        self.stop_event.set()
-
-    def text(self) -> str:
-        """Read the rest of the stream and return its text (stats are in :attr:`stats` afterwards)."""
-        return "".join(event.text for event in self)
-
-    def __enter__(self) -> TokenStream:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if not self._finished:
-            self.cancel()
 
 
 # ------------------------------------------------------------------------------------------ jobs
@@ -202,7 +128,7 @@ class _GenerateJob:
         self.stream = stream
 
     def fail(self, error: BaseException) -> None:
-        self.stream._put(_Failure(error))
+        self.stream._put(EngineFailure(error))
 
 
 class _Running:
@@ -250,7 +176,8 @@ class EngineRunner:
     are stepped one event at a time, never batched). ``load_fn`` defaults to
     :func:`~influence_tui.core.engine.loader.load_model`. ``max_batch`` requests generate at once,
     ``queue_limit`` more may wait (None: any number), and ``prefill_chunk`` (above 0) prefills long prompts that
-    many tokens per step.
+    many tokens per step. ``prompt_cache_mib`` bounds each loaded model's prompt cache (the KV caches of recent
+    conversations; None keeps the loader's default).
     """
 
     def __init__(
@@ -262,6 +189,7 @@ class EngineRunner:
         max_batch: int = 1,
         queue_limit: int | None = None,
         prefill_chunk: int = 0,
+        prompt_cache_mib: float | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -270,6 +198,11 @@ class EngineRunner:
         self.max_batch = max_batch
         self.queue_limit = queue_limit
         self.prefill_chunk = max(0, prefill_chunk)
+        self.prompt_cache_mib = prompt_cache_mib
+        """The bound of a loaded model's prompt cache (None: the loader's default)."""
+        self._observers: list[Callable[[GenerationStats], None]] = []
+        self._step_rate = 0.0
+        """Tokens per second of the last decode step (engine thread writes, anyone reads)."""
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._pending: deque[_CallJob | _GenerateJob] = deque()
@@ -303,13 +236,15 @@ class EngineRunner:
                         break
                     calls, admitted, skipped = self._take_work()
                 for job in skipped:
-                    job.stream._put(_cancelled_event(len(job.prompt_ids)))
+                    self._end(job, [_cancelled_event(len(job.prompt_ids))])
                 for call in calls:
                     call.run()
                 for job in admitted:
                     self._start(job)
                 if self._running:
                     self._step()
+                    if not self._running and not self._pending:
+                        heap.trim()  # idle: the freed caches' pages go back to the system
         finally:
             self._unload()
 
@@ -352,7 +287,7 @@ class EngineRunner:
         stream = job.stream
         loaded = self._loaded
         if loaded is None or not loaded.loaded:
-            self._end(job, [_Failure(InfluenceError("no model is loaded", hint="load a model before generating"))])
+            self._end(job, [EngineFailure(InfluenceError("no model is loaded", hint="load a model before generating"))])
             return
         prompt_cache = getattr(loaded, "prompt_cache", None)
         try:
@@ -371,7 +306,7 @@ class EngineRunner:
                     prefill_chunk=self.prefill_chunk,
                 )
                 running = _Running(job, loaded, generation=generation)
-                first: list[_StreamItem] = list(generation.initial_events())
+                first: list[StreamItem] = list(generation.initial_events())
             else:
                 extra: dict[str, Any] = {}
                 if prompt_cache is not None and _takes_prompt_cache(self._generate_fn):
@@ -389,7 +324,7 @@ class EngineRunner:
                 running = _Running(job, loaded, events=iter(events))
                 first = []
         except Exception as exc:
-            self._end(job, [_Failure(self._user_error(exc, loaded))])
+            self._end(job, [EngineFailure(self._user_error(exc, loaded))])
             return
         if first:
             self._end(job, first)
@@ -399,7 +334,7 @@ class EngineRunner:
     def _step(self) -> None:
         """One round: cancelled requests leave, prompts are prefilled (one chunk each, about ``prefill_chunk``
         tokens in all), then every decoding request gets one token, in one batched call."""
-        finished: list[tuple[_Running, list[_StreamItem]]] = []
+        finished: list[tuple[_Running, list[StreamItem]]] = []
         decoding: list[_Running] = []
         prefilled = 0
         for running in self._running:
@@ -408,7 +343,7 @@ class EngineRunner:
                 finished.extend(self._step_script(running))
                 continue
             try:
-                events: list[_StreamItem] = list(generation.check_cancelled())
+                events: list[StreamItem] = list(generation.check_cancelled())
                 if not events and generation.prefilling:
                     if self.prefill_chunk and prefilled >= self.prefill_chunk:
                         continue  # this round's prefill budget is spent: its next chunk comes next round
@@ -420,7 +355,7 @@ class EngineRunner:
                     continue
             except Exception as exc:
                 generation.close()
-                events = [_Failure(self._user_error(exc, running.loaded))]
+                events = [EngineFailure(self._user_error(exc, running.loaded))]
             if events:
                 self._deliver(running, events, finished)
         if decoding:
@@ -429,29 +364,31 @@ class EngineRunner:
             self._running.remove(running)
             self._end(running.job, items)
 
-    def _decode(self, decoding: list[_Running], finished: list[tuple[_Running, list[_StreamItem]]]) -> None:
+    def _decode(self, decoding: list[_Running], finished: list[tuple[_Running, list[StreamItem]]]) -> None:
         from influence_tui.core.engine.generate import decode_together
 
         generations = [r.generation for r in decoding if r.generation is not None]
+        began = time.perf_counter()
         try:
             results = decode_together(generations)
+            self._step_rate = len(generations) / max(time.perf_counter() - began, 1e-9)
         except Exception as exc:
             for running in decoding:
                 if running.generation is not None:
                     running.generation.close()
-                finished.append((running, [_Failure(self._user_error(exc, running.loaded))]))
+                finished.append((running, [EngineFailure(self._user_error(exc, running.loaded))]))
             return
         for running, events in zip(decoding, results, strict=True):
             self._deliver(running, list(events), finished)
 
-    def _step_script(self, running: _Running) -> list[tuple[_Running, list[_StreamItem]]]:
+    def _step_script(self, running: _Running) -> list[tuple[_Running, list[StreamItem]]]:
         assert running.events is not None
         try:
             event = next(running.events)
         except StopIteration:
-            return [(running, [_END])]
+            return [(running, [NO_FINAL_EVENT])]
         except Exception as exc:
-            return [(running, [_Failure(self._user_error(exc, running.loaded))])]
+            return [(running, [EngineFailure(self._user_error(exc, running.loaded))])]
         if event.stats is not None:
             return [(running, [event])]
         running.stream._put(event)
@@ -459,24 +396,33 @@ class EngineRunner:
 
     @staticmethod
     def _deliver(
-        running: _Running, events: list[_StreamItem], finished: list[tuple[_Running, list[_StreamItem]]]
+        running: _Running, events: list[StreamItem], finished: list[tuple[_Running, list[StreamItem]]]
     ) -> None:
         """Hand a step's events to the stream; the last one of a finished request waits for :meth:`_end`."""
         last = events[-1]
-        if isinstance(last, _Failure) or (isinstance(last, TokenEvent) and last.stats is not None):
+        if isinstance(last, EngineFailure) or (isinstance(last, TokenEvent) and last.stats is not None):
             finished.append((running, events))
             return
         for item in events:
             running.stream._put(item)
 
-    def _end(self, job: _GenerateJob, items: Sequence[_StreamItem]) -> None:
+    def _end(self, job: _GenerateJob, items: Sequence[StreamItem]) -> None:
         """The last items of a request: it no longer counts as running, then its stream ends."""
         with self._lock:
             self._running_stops.discard(job.stream.stop_event)
         for item in items:
-            if isinstance(item, TokenEvent) and item.stats is not None and item.stats.total_s > 0:
-                self._mean_request_s = 0.8 * self._mean_request_s + 0.2 * item.stats.total_s
+            if isinstance(item, TokenEvent) and item.stats is not None:
+                if item.stats.total_s > 0:
+                    self._mean_request_s = 0.8 * self._mean_request_s + 0.2 * item.stats.total_s
+                self._tell_observers(item.stats)
             job.stream._put(item)
+
+    def _tell_observers(self, stats: GenerationStats) -> None:
+        for observer in list(self._observers):
+            try:
+                observer(stats)
+            except Exception:  # an observer (metrics) must never break a request
+                continue
 
     @staticmethod
     def _user_error(exc: Exception, loaded: LoadedModel) -> BaseException:
@@ -505,6 +451,8 @@ class EngineRunner:
         self._unload()  # before loading the next one: never two models in memory at once
         load_fn = self._load_fn or loader.load_model
         loaded = load_fn(local_model, **options.as_kwargs(), on_status=on_status)
+        if self.prompt_cache_mib is not None and loaded.prompt_cache is not None:
+            loaded.prompt_cache.resize(self.prompt_cache_mib)
         prompt_tokenizer = copy.deepcopy(loaded.tokenizer)
         with self._tokenizer_lock:
             self._prompt_tokenizer = prompt_tokenizer
@@ -614,6 +562,38 @@ class EngineRunner:
         """How many requests generate now and how many wait (a snapshot, from any thread)."""
         with self._lock:
             return {"running": len(self._running_stops), "waiting": self._waiting, "max_batch": self.max_batch}
+
+    def step_rate(self) -> float:
+        """Tokens per second of the last decode step (every request of the batch counted); 0 while none runs."""
+        with self._lock:
+            running = bool(self._running_stops)
+        return self._step_rate if running else 0.0
+
+    def prompt_cache_report(self) -> dict[str, int]:
+        """The loaded model's prompt cache: ``entries``, ``bytes`` they hold and ``max_bytes`` (zeros when no
+        model is loaded; a snapshot, from any thread)."""
+        loaded = self._loaded
+        cache = getattr(loaded, "prompt_cache", None) if loaded is not None else None
+        if cache is None:
+            return {"entries": 0, "bytes": 0, "max_bytes": 0}
+        return {"entries": len(cache), "bytes": int(cache.nbytes), "max_bytes": int(cache.max_bytes)}
+
+    def add_observer(self, observer: Callable[[GenerationStats], None]) -> None:
+        """Call ``observer(stats)`` on the engine thread as each request ends (cancelled ones too); it must be
+        quick and never block (metrics counters). An observer that raises is ignored."""
+        self._observers.append(observer)
+
+    def cancel_all(self) -> int:
+        """End every request, running or waiting, as if its client had cancelled it (a server shutting down):
+        each stream ends soon with finish reason ``"cancelled"``. New requests are still taken. Returns how many
+        were asked to stop."""
+        with self._lock:
+            stops = set(self._running_stops)
+            stops.update(job.stream.stop_event for job in self._pending if isinstance(job, _GenerateJob))
+            self._wake.notify()
+        for stop in stops:
+            stop.set()
+        return len(stops)
 
     # -- the tokenizer, for building prompts
 

@@ -147,6 +147,30 @@ def test_decode_batch_rows_equal_the_demo_alone_bit_for_bit(demo_loaded: Any) ->
                 assert torch.equal(logits[row], want[i]), (row, i)
 
 
+def test_rows_over_long_and_short_caches_keep_their_bits(packed_llama: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row whose cache is long attends by SDPA, as it does alone; the others share one kernel call."""
+    from influence_tui.core.engine.models import attention
+
+    model = packed_llama.model
+    layer = model.layers[0].self_attn
+    monkeypatch.setattr(attention, "LONG_ATTENTION", layer.heads * 20 * layer.head_dim)  # from 20 positions on
+    gen = torch.Generator().manual_seed(3)
+    vocab = model.config.vocab_size
+    prompts = [torch.randint(0, vocab, (n,), generator=gen).tolist() for n in (4, 25, 12, 40)]
+    steps = [torch.randint(0, vocab, (3,), generator=gen).tolist() for _ in prompts]
+    expected = [_alone(model, p, s) for p, s in zip(prompts, steps, strict=True)]
+    caches = [model.new_cache() for _ in prompts]
+    with torch.inference_mode():
+        for prompt, cache in zip(prompts, caches, strict=True):
+            model(input_ids=torch.tensor([prompt]), past_key_values=cache, use_cache=True, logits_to_keep=1)
+        for i in range(3):
+            tokens = torch.tensor([s[i] for s in steps])
+            positions = torch.tensor([len(p) + i for p in prompts])
+            logits = model.decode_batch(tokens, caches, positions)
+            for row, want in enumerate(expected):
+                assert torch.equal(logits[row], want[i]), (row, i)
+
+
 def test_decode_batch_checks_its_arguments(packed_llama: Any) -> None:
     model = packed_llama.model
     with pytest.raises(ValueError, match="2 tokens need 2 caches"):
@@ -310,7 +334,7 @@ def test_the_demo_gives_the_same_answers_in_a_batch_of_eight(demo_loaded: Any, p
         for question in questions:
             engine.with_model(_clear_prompt_cache)  # each one cold, as in a fresh server
             alone.append(engine.submit(chat(engine, question), params).text())
-    assert "Paris" in alone[0] or params is SEEDED
+    assert "Paris" in alone[0] or params.temperature > 0  # a sampled answer may name it otherwise
     with _runner(demo_loaded, max_batch=8) as engine:
         texts = [""] * len(questions)
         streams = []

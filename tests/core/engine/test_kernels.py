@@ -104,6 +104,22 @@ def test_integer_dot_product_matches_its_definition(kind: str, group: int, mins:
 
 
 @needs_kernels
+@pytest.mark.parametrize(("kind", "group", "mins"), CASES, ids=CASE_IDS)
+def test_a_row_gets_the_same_bits_alone_and_among_others(kind: str, group: int, mins: bool) -> None:
+    """A batched decode step's rows share each weight pass (up to 8 at once); a row's result never depends on
+    which rows share it, or how many."""
+    w = random_weight(kind, 53, 192, group=group or 32, mins=mins, seed=7)
+    # Float products of more than 16 rows are one GEMM (a prefill); integer ones stay row by row.
+    for integer, rows in ((True, 19 if kind in ("q4", "q8") else 16), (False, 16)):
+        x = torch.randn(rows, 192)
+        together = packed_linear(x, w, integer_dot=integer)
+        for m in (1, 2, 3, 5, 8, 9, 16):
+            assert torch.equal(packed_linear(x[:m], w, integer_dot=integer), together[:m]), (integer, m)
+        for row in (0, 7, rows - 1):
+            assert torch.equal(packed_linear(x[row : row + 1], w, integer_dot=integer), together[row : row + 1])
+
+
+@needs_kernels
 @pytest.mark.parametrize("shape", [(1, 1), (2, 3), (4, 10), (3,), (2, 2, 5)], ids=str)
 @pytest.mark.parametrize(("kind", "group", "mins"), CASES, ids=CASE_IDS)
 def test_any_leading_shape(kind: str, group: int, mins: bool, shape: tuple[int, ...]) -> None:

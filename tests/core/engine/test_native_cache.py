@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from influence_tui.core.engine.models.cache import CHUNK, KVCache
-from influence_tui.core.engine.models.config import ModelConfig, RopeScaling, native_architecture
+from influence_tui.core.engine.models.config import RopeScaling, native_architecture
 from influence_tui.core.engine.models.rope import RotaryTable, inverse_frequencies
+from influence_tui.core.engine.models.sources import gguf_config, hf_config
 from influence_tui.core.errors import ModelFormatError
 from influence_tui.core.formats import read_gguf_header
 
@@ -28,46 +29,44 @@ LLAMA = {
 
 def test_both_config_json_layouts_of_rope_scaling_read_the_same() -> None:
     scaling = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
-    old = ModelConfig.from_hf_config({**LLAMA, "rope_theta": 5e5, "rope_scaling": {"rope_type": "llama3", **scaling}})
-    new = ModelConfig.from_hf_config(
-        {**LLAMA, "rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, **scaling}}
-    )
+    old = hf_config({**LLAMA, "rope_theta": 5e5, "rope_scaling": {"rope_type": "llama3", **scaling}})
+    new = hf_config({**LLAMA, "rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, **scaling}})
     assert old == new
     assert old.rope_theta == 5e5 and old.rope_scaling == RopeScaling("llama3", 8.0, 1.0, 4.0, 8192)
     assert old.head_dim == 16 and old.eos_token_ids == (2, 7) and old.family == "llama"
-    linear = ModelConfig.from_hf_config({**LLAMA, "rope_scaling": {"type": "linear", "factor": 2.0}})
+    linear = hf_config({**LLAMA, "rope_scaling": {"type": "linear", "factor": 2.0}})
     assert linear.rope_scaling == RopeScaling("linear", 2.0)
 
 
 def test_what_the_native_models_cannot_compute_is_refused() -> None:
     with pytest.raises(ModelFormatError, match="rope type 'dynamic'"):
-        ModelConfig.from_hf_config({**LLAMA, "rope_scaling": {"rope_type": "dynamic", "factor": 2.0}})
+        hf_config({**LLAMA, "rope_scaling": {"rope_type": "dynamic", "factor": 2.0}})
     with pytest.raises(ModelFormatError, match="no native model"):
-        ModelConfig.from_hf_config({**LLAMA, "model_type": "gpt2"})
+        hf_config({**LLAMA, "model_type": "gpt2"})
     with pytest.raises(ModelFormatError, match="multiple"):
-        ModelConfig.from_hf_config({**LLAMA, "num_key_value_heads": 3})
+        hf_config({**LLAMA, "num_key_value_heads": 3})
     assert native_architecture("llama") and native_architecture("mistral") and native_architecture("qwen2")
     assert native_architecture("qwen3") and not native_architecture("bert")
     for name in ("gemma2", "gemma3", "gemma3_text", "phi3", "qwen3_moe", "qwen3moe"):  # config.json or GGUF names
         assert native_architecture(name), name
     with pytest.raises(ModelFormatError, match="rope type 'longrope'"):
-        ModelConfig.from_hf_config({**LLAMA, "model_type": "phi3", "rope_scaling": {"type": "longrope", "factor": 4}})
+        hf_config({**LLAMA, "model_type": "phi3", "rope_scaling": {"type": "longrope", "factor": 4}})
 
 
 def test_sliding_windows_per_family() -> None:
-    mistral = ModelConfig.from_hf_config({**LLAMA, "model_type": "mistral", "sliding_window": 16})
+    mistral = hf_config({**LLAMA, "model_type": "mistral", "sliding_window": 16})
     assert [mistral.window(i) for i in range(2)] == [16, 16]
     qwen = {**LLAMA, "model_type": "qwen2", "sliding_window": 16, "max_window_layers": 1}
-    assert ModelConfig.from_hf_config(qwen).window(1) is None  # use_sliding_window is off by default
-    assert ModelConfig.from_hf_config({**qwen, "use_sliding_window": True}).layer_types == (
+    assert hf_config(qwen).window(1) is None  # use_sliding_window is off by default
+    assert hf_config({**qwen, "use_sliding_window": True}).layer_types == (
         "full_attention",
         "sliding_attention",
     )
-    assert ModelConfig.from_hf_config({**LLAMA, "sliding_window": None}).window(0) is None
+    assert hf_config({**LLAMA, "sliding_window": None}).window(0) is None
 
 
 def test_the_demo_gguf_metadata(demo_gguf: Path) -> None:
-    config = ModelConfig.from_gguf_metadata(read_gguf_header(demo_gguf).metadata)
+    config = gguf_config(read_gguf_header(demo_gguf).metadata)
     assert (config.model_type, config.hidden_size, config.num_hidden_layers) == ("llama", 576, 30)
     assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (9, 3, 64)
     assert (config.intermediate_size, config.vocab_size, config.max_position_embeddings) == (1536, 49152, 8192)
@@ -87,11 +86,11 @@ def test_gguf_rope_scaling_metadata() -> None:
         "qwen2.rope.scaling.factor": 4.0,
         "qwen2.rope.scaling.original_context_length": 32768,
     }
-    config = ModelConfig.from_gguf_metadata(meta)
+    config = gguf_config(meta)
     assert config.attention_bias and config.num_key_value_heads == 4
     assert config.rope_scaling == RopeScaling("yarn", 4.0, original_max_position_embeddings=32768)
     with pytest.raises(ModelFormatError, match="no native model"):
-        ModelConfig.from_gguf_metadata({**meta, "general.architecture": "falcon"})
+        gguf_config({**meta, "general.architecture": "falcon"})
 
 
 def test_rotary_tables_are_transformers_arithmetic_and_grow() -> None:
@@ -168,7 +167,7 @@ def test_checkpoint_names_are_normalized_to_the_causal_lm() -> None:
 
 
 def test_a_gemma3_multimodal_config_reads_as_its_text_model() -> None:
-    config = ModelConfig.from_hf_config(
+    config = hf_config(
         {
             "model_type": "gemma3",
             "eos_token_id": [1, 106],

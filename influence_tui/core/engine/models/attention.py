@@ -6,8 +6,8 @@ dimension rotates, torch for partial rotary), writes k and v into the cache, the
 position on the decode kernel over the cache (its last ``window`` positions for a sliding layer), a prompt
 with ``scaled_dot_product_attention`` (causal, or an explicit mask after a cached prefix or within a window),
 and eager attention where scores are soft-capped (Gemma 2). In a batched decode step (the cache is a
-:class:`~.cache.RowCaches`) the products see every row at once, and each row attends over its own cache exactly
-as it would alone. :class:`GatedMLP` is ``down(act(gate) * up)`` with one joined ``gate|up`` product.
+:class:`~.cache.RowCaches`) the products see every row at once, and the rows attend in one kernel call, each
+over its own cache (ragged lengths) with exactly the numbers it gets alone. :class:`GatedMLP` is ``down(act(gate) * up)`` with one joined ``gate|up`` product.
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from influence_tui.core.engine.models.cache import RowCaches
-from influence_tui.core.engine.quant.fused import attend_decode, qkv_rope, silu_mul
+from influence_tui.core.engine.quant.fused import append_rows, attend_decode, attend_rows, qkv_rope, silu_mul
 
 _GELU_TANH = ("gelu_pytorch_tanh", "gelu_tanh", "gelu_new", "gelu_fast")
-SMALL_ATTENTION = 16384
-"""Below this many multiply-adds per decode step (heads x positions x head_dim), the decode kernel is faster
-than SDPA (measured on a 2-core AVX-512 machine: 9 heads x 32 positions x 64 break even)."""
+LONG_ATTENTION = 1 << 21
+"""From this many multiply-adds per decode step (heads x positions x head_dim) on, SDPA is faster than the
+decode kernel (measured on a 2-core AVX-512 machine, 9 heads of 64: the kernel 72 us to SDPA's 97 at 2,000
+positions, 805 to 533 at 8,000)."""
 
 
 class Attention(nn.Module):
@@ -85,36 +86,38 @@ class Attention(nn.Module):
         return self._o_proj(out)  # type: ignore[no-any-return]
 
     def _attend_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, caches: RowCaches) -> torch.Tensor:
-        """Each row of a batch over its own cache, by the same calls it would make alone (so a row's numbers
-        never depend on its neighbours): ``[B, 1, H * D]``."""
-        outs = []
-        threads = torch.get_num_threads()
-        # One row's attention is too small to share between threads: a parallel region per row per layer waits
-        # on every thread each time, which costs far more than it saves once the server's own threads compete
-        # for the cores. (Each row's numbers do not depend on the thread count.)
-        torch.set_num_threads(1)
-        try:
-            for row in range(q.shape[0]):
-                k_row, v_row = caches.update_row(row, k[row : row + 1], v[row : row + 1], self.index)
-                q_row = q[row : row + 1]
-                if q_row.shape[2] == 1 and self.softcap is None:
-                    outs.append(self._decode(q_row, k_row, v_row))
-                else:
-                    outs.append(self._attend(q_row, k_row, v_row, caches.past[row]))
-        finally:
-            torch.set_num_threads(threads)
-        return torch.cat(outs)
+        """Each row of a batch over its own cache, with the numbers it gets alone (never its neighbours'):
+        ``[B, 1, H * D]``. One new position a row (a decode step) is one kernel call for every row whose
+        cache is below :data:`LONG_ATTENTION`; the rest make the calls they make alone."""
+        b = q.shape[0]
+        if q.shape[2] != 1 or self.softcap is not None:
+            rows = [caches.update_row(r, k[r : r + 1], v[r : r + 1], self.index) for r in range(b)]
+            return torch.cat([self._attend(q[r : r + 1], *rows[r], caches.past[r]) for r in range(b)])
+        keys, values = caches.reserve(self.index, k[:1])
+        append_rows(k, v, keys, values)
+        seen_k, seen_v = keys, values
+        if self.window is not None:
+            windowed = [self._window(k_row, v_row) for k_row, v_row in zip(keys, values, strict=True)]
+            seen_k, seen_v = [w[0] for w in windowed], [w[1] for w in windowed]
+        if not self._long(max(seen_k, key=lambda k_row: k_row.shape[2])):
+            return attend_rows(q, seen_k, seen_v, self.scale)
+        return torch.cat([self._decode(q[r : r + 1], keys[r], values[r]) for r in range(b)])
+
+    def _window(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values a new position sees: the last ``window`` of a sliding layer's."""
+        s, window = k.shape[2], self.window
+        if window is not None and s > window:
+            return k.narrow(2, s - window, window), v.narrow(2, s - window, window)
+        return k, v
+
+    def _long(self, k: torch.Tensor) -> bool:
+        return self.heads * k.shape[2] * self.head_dim >= LONG_ATTENTION
 
     def _decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """One new position over the cache: the decode kernel for short caches, else one SDPA call with each
-        kv head's group of query heads as its queries (the kernel is scalar; SDPA's matrix products win from
-        about :data:`SMALL_ATTENTION` multiply-adds on)."""
-        s = k.shape[2]
-        window = self.window
-        if window is not None and s > window:
-            k, v = k.narrow(2, s - window, window), v.narrow(2, s - window, window)
-            s = window
-        if self.heads * s * self.head_dim < SMALL_ATTENTION:
+        """One new position over the cache: the decode kernel, or from :data:`LONG_ATTENTION` on one SDPA call
+        with each kv head's group of query heads as its queries (its blocked products then read less)."""
+        k, v = self._window(k, v)
+        if not self._long(k):
             return attend_decode(q, k, v, self.scale)
         b = q.shape[0]
         grouped = q.view(b, self.kv_heads, self.heads // self.kv_heads, self.head_dim)

@@ -11,7 +11,7 @@ crop to before what they still hold is a :class:`ValueError`.
 
 The interface is the one the native models and the generation loop use: ``update(keys, values, layer)``
 returns the layer's whole keys and values (transformers' caches answer the same call), ``get_seq_length()``,
-``crop(max_length)``, ``nbytes``.
+``crop(max_length)``, ``prefix_copy(max_length)``, ``nbytes``.
 """
 
 from __future__ import annotations
@@ -45,21 +45,27 @@ class LayerCache:
     def update(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append ``keys`` / ``values`` ``[B, KV, T, D]``; return every kept position's keys and values."""
         t = keys.shape[2]
+        k, v = self.reserve(t, keys)
+        end = k.shape[2]
+        k.narrow(2, end - t, t).copy_(keys)
+        v.narrow(2, end - t, t).copy_(values)
+        return k, v
+
+    def reserve(self, t: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Room for ``t`` more positions (new buffers shaped and typed after ``like`` ``[B, KV, *, D]``): the
+        length moves on, and every kept position's keys and values are returned, the ``t`` new ones last, for
+        the caller to write (a batched decode step writes every row's in one kernel call)."""
         if self._keys is None or self._values is None:
             capacity = -(-t // CHUNK) * CHUNK
-            shape = (keys.shape[0], keys.shape[1], capacity, keys.shape[3])
-            self._keys = keys.new_empty(shape)
-            self._values = values.new_empty(shape)
-        used = self.length - self.start
-        end = used + t
+            shape = (like.shape[0], like.shape[1], capacity, like.shape[3])
+            self._keys = like.new_empty(shape)
+            self._values = like.new_empty(shape)
+        end = self.length - self.start + t
         if end > self._keys.shape[2]:
             self._make_room(end)
-            used = self.length - self.start
-            end = used + t
+            end = self.length - self.start + t
         k_buf, v_buf = self._keys, self._values
         assert k_buf is not None and v_buf is not None
-        k_buf.narrow(2, used, t).copy_(keys)
-        v_buf.narrow(2, used, t).copy_(values)
         self.length += t
         self.keys = k = k_buf.narrow(2, 0, end)
         self.values = v = v_buf.narrow(2, 0, end)
@@ -98,6 +104,29 @@ class LayerCache:
             self.keys = self._keys[:, :, :kept]
             self.values = self._values[:, :, :kept]
 
+    def prefix_copy(self, max_length: int) -> LayerCache:
+        """A new layer cache holding a copy of the first ``max_length`` positions (this one is left as it is;
+        the same :class:`ValueError` as :meth:`crop` where a trimmed sliding layer no longer holds them)."""
+        other = LayerCache(self.window, trim=self.trim)
+        length = min(max(0, max_length), self.length)
+        if length == 0 or self._keys is None or self._values is None:
+            return other
+        if self.start and length - ((self.window or 1) - 1) < self.start:
+            raise ValueError(
+                f"this sliding-window layer keeps positions from {self.start} on; it cannot copy the first {length}"
+            )
+        kept = length - self.start
+        capacity = max(1, -(-kept // CHUNK)) * CHUNK
+        with torch.inference_mode(self._keys.is_inference()):  # the same kind of tensor as the buffers copied
+            keys = self._keys.new_empty((*self._keys.shape[:2], capacity, self._keys.shape[3]))
+            values = self._values.new_empty((*self._values.shape[:2], capacity, self._values.shape[3]))
+            keys[:, :, :kept].copy_(self._keys[:, :, :kept])
+            values[:, :, :kept].copy_(self._values[:, :, :kept])
+        other._keys, other._values = keys, values
+        other.start, other.length = self.start, length
+        other.keys, other.values = keys[:, :, :kept], values[:, :, :kept]
+        return other
+
     @property
     def nbytes(self) -> int:
         if self._keys is None:
@@ -135,6 +164,13 @@ class KVCache:
         for layer in self.layers:
             layer.crop(0)
 
+    def prefix_copy(self, max_length: int) -> KVCache:
+        """A new cache with a copy of the first ``max_length`` positions of every layer (this one is kept as it
+        is: the prompt cache hands out a shared prefix this way without losing the sequence it came from)."""
+        other = KVCache([])
+        other.layers = [layer.prefix_copy(max_length) for layer in self.layers]
+        return other
+
     @property
     def nbytes(self) -> int:
         return sum(layer.nbytes for layer in self.layers)
@@ -162,6 +198,16 @@ class RowCaches:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Append row ``row``'s ``keys`` / ``values`` ``[1, KV, T, D]`` to its cache; return all of that row's."""
         return self.caches[row].update(keys, values, layer)
+
+    def reserve(self, layer: int, like: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Room for one new position in layer ``layer`` of every row's cache (:meth:`LayerCache.reserve`;
+        ``like`` is ``[1, KV, *, D]``): each row's keys and values, the new position last and not yet written."""
+        keys, values = [], []
+        for cache in self.caches:
+            k, v = cache.layers[layer].reserve(1, like)
+            keys.append(k)
+            values.append(v)
+        return keys, values
 
     def __len__(self) -> int:
         return len(self.caches)

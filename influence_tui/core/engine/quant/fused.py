@@ -4,7 +4,8 @@ At batch 1 a small model's decode step is a few hundred tiny torch ops, and thei
 the matrix products. The native attention and MLP (:mod:`~influence_tui.core.engine.models.attention`) call:
 
 * :func:`qkv_rope`: the head split of one packed ``q|k|v`` product and the rotary embedding in one kernel;
-* :func:`attend_decode`: attention of one new position over the cache in one kernel (SDPA for prompts);
+* :func:`attend_decode`: attention of one new position over the cache in one kernel (SDPA for prompts), and
+  :func:`attend_rows` for a batch of sequences, each over its own cache (ragged lengths), in one call;
 * :func:`silu_mul`: ``silu(gate) * up`` of one packed ``gate|up`` product in one kernel;
 * :func:`rms_norm`: the norm in one kernel.
 
@@ -13,6 +14,8 @@ another dtype, no compiler) and by the tests to check the kernels.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +78,44 @@ def attend_decode_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s
     b, heads, _, dim = q.shape
     out = F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=heads != k.shape[1])
     return out.transpose(1, 2).reshape(b, 1, heads * dim)
+
+
+def attend_rows(
+    q: torch.Tensor, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor], scale: float
+) -> torch.Tensor:
+    """One new position per sequence, each over its own cache: q ``[B, H, 1, D]``, ``keys[i]`` / ``values[i]``
+    ``[1, KV, L_i, D]`` (lengths may differ) -> ``[B, 1, H * D]``. Row ``i`` is exactly what
+    :func:`attend_decode` gives sequence ``i`` alone: the kernel computes each (sequence, head) by itself."""
+    ext = load_kernels()
+    if (
+        ext is not None
+        and q.device.type == "cpu"
+        and q.dtype == torch.float32
+        and all(k.dtype == torch.float32 and k.stride(-1) == 1 for k in keys)
+    ):
+        return ext.attend_rows(q, list(keys), list(values), scale)  # type: ignore[no-any-return]
+    return attend_rows_reference(q, keys, values, scale)
+
+
+def append_rows(
+    keys: torch.Tensor, values: torch.Tensor, key_views: Sequence[torch.Tensor], value_views: Sequence[torch.Tensor]
+) -> None:
+    """Write row ``i`` of ``keys`` / ``values`` ``[B, KV, 1, D]`` at the last position of ``key_views[i]`` /
+    ``value_views[i]`` (``[1, KV, L_i, D]`` views of each sequence's cache), in one call for the batch."""
+    ext = load_kernels()
+    if ext is not None and keys.device.type == "cpu" and keys.dtype == torch.float32:
+        ext.append_rows(keys, values, list(key_views), list(value_views))
+        return
+    for i, (k, v) in enumerate(zip(key_views, value_views, strict=True)):
+        k[:, :, -1:].copy_(keys[i : i + 1])
+        v[:, :, -1:].copy_(values[i : i + 1])
+
+
+def attend_rows_reference(
+    q: torch.Tensor, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor], scale: float
+) -> torch.Tensor:
+    pairs = zip(keys, values, strict=True)
+    return torch.cat([attend_decode_reference(q[i : i + 1], k, v, scale) for i, (k, v) in enumerate(pairs)])
 
 
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:

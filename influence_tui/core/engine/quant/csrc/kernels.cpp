@@ -3,8 +3,9 @@
 // never written back, so a decode step reads each packed byte once.
 //
 // x is [M, K] float32, y is [M, N] float32. Rows of W are split over threads (at::parallel_for, the same
-// OpenMP pool torch uses). Up to MR activation rows share each expanded weight block, so a short prompt reads
-// the weights once per MR rows; longer prompts expand W to float32 once and use torch's GEMM.
+// OpenMP pool torch uses). Up to MR activation rows (VMR on the integer-dot path, a batched decode step's
+// rows) share each expanded weight block, so a short prompt or a batch of decoding sequences reads the weights
+// once per MR rows; longer prompts expand W to float32 once and use torch's GEMM.
 //
 // Built with -march=native: on AVX-512 CPUs the AVX-512 paths run; elsewhere the portable loops below them
 // (which the compiler vectorizes for what the CPU has).
@@ -27,6 +28,7 @@
 namespace {
 
 constexpr int MR = 4;  // activation rows per weight pass
+constexpr int VMR = 8;  // activation rows per weight pass of the integer-dot path (a batched decode step's rows)
 constexpr int64_t GEMM_ROWS = 16;  // above this many rows, expand W and use torch's GEMM
 constexpr int PREFETCH_BYTES = 2048;  // how far ahead the integer-dot loops ask for weight bytes (tuned on Zen 4)
 
@@ -260,6 +262,7 @@ struct QuantX {
   std::vector<int8_t> qhi;    // q4 only: second halves of blocks, [K / 2]
   std::vector<float> scale;   // [K / 32 + 16], padded with zeros
   std::vector<float> sum;     // float sums of x per weight block (for mins / offsets), padded
+  std::vector<float> spread;  // per 64 bytes of a weight row, 16 lanes: the scale of the x block each lane meets
 };
 
 void quantize_x(const float* x, int64_t k, bool q4_layout, int64_t group, QuantX& out) {
@@ -290,19 +293,23 @@ void quantize_x(const float* x, int64_t k, bool q4_layout, int64_t group, QuantX
     for (int64_t j = 0; j < group; ++j) t += x[g * group + j];
     out.sum[g] = t;
   }
+  // A 64-byte load of q4 codes holds 4 blocks (lane j: block j / 4); of q8 codes, 64 values (lane j: block j / 8).
+  const int64_t chunks = q4_layout ? (blocks + 3) / 4 : (k + 63) / 64;
+  out.spread.assign((chunks + 1) * 16, 0.f);
+  for (int64_t c = 0; c < chunks; ++c)
+    for (int j = 0; j < 16; ++j) out.spread[c * 16 + j] = out.scale[q4_layout ? 4 * c + j / 4 : 2 * c + j / 8];
 }
 
-// sum_g c_g * xsum_g with c_g = min_g, or -8 * scale_g for symmetric q4.
-inline float offsets_dot(const uint16_t* v, float factor, int64_t groups, const float* xsum) {
-  __m512 acc = _mm512_setzero_ps();
-  int64_t g = 0;
-  for (; g + 16 <= groups; g += 16)
-    acc = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + g))), _mm512_loadu_ps(xsum + g), acc);
-  if (g < groups) {
-    const __mmask16 tail = static_cast<__mmask16>((1u << (groups - g)) - 1);
-    acc = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(tail, v + g)), _mm512_maskz_loadu_ps(tail, xsum + g), acc);
+// acc[r] += c_g * xsum_r[g] lane by lane (summed with the rest at the end), c_g = factor * v_g: the mins, or
+// -8 * scale for symmetric q4.
+template <int R>
+inline void add_offsets(const uint16_t* v, float factor, int64_t groups, const QuantX* const* xq, __m512* acc) {
+  const __m512 f = _mm512_set1_ps(factor);
+  for (int64_t g = 0; g < groups; g += 16) {
+    const __mmask16 m = groups - g >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (groups - g)) - 1);
+    const __m512 c = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, v + g)), f);
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(c, _mm512_maskz_loadu_ps(m, xq[r]->sum.data() + g), acc[r]);
   }
-  return factor * _mm512_reduce_add_ps(acc);
 }
 
 // Lane j of the result is s[j / 4] (four blocks of 32 bytes' worth of VPDPBUSD lanes each) or s[j / 8].
@@ -316,6 +323,27 @@ inline __m128 half4(const uint16_t* p, int64_t n) {
   return _mm_cvtph_ps(_mm_maskz_loadu_epi16(m, p));
 }
 
+// out[r] = the sum of acc[r]'s lanes for R <= 8 accumulators, by one tree for all of them (pairs of lanes 8
+// apart, then 4, 2, 1: the order _mm512_reduce_add_ps takes). A row's sum is the same whatever R and its
+// neighbours; summing R rows together costs about a third of R separate reductions.
+template <int R>
+inline void reduce_rows(const __m512* acc, float* out) {
+  static_assert(R >= 1 && R <= 8, "up to 8 rows");
+  __m512 a[8];
+  for (int r = 0; r < 8; ++r) a[r] = r < R ? acc[r] : _mm512_setzero_ps();
+  __m512 u[4], w[2];
+  for (int i = 0; i < 4; ++i)  // lanes 0-7: row 2i's lane j + lane j+8; lanes 8-15: row 2i+1's
+    u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x44), _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xEE));
+  for (int i = 0; i < 2; ++i)  // block k: row 4i+k's four partial sums (j + j+4)
+    w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0x88), _mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0xDD));
+  // block k: [w0 row k: j + j+2 for j = 0, 1; w1 row k: the same]
+  const __m512 z = _mm512_add_ps(_mm512_shuffle_ps(w[0], w[1], 0x44), _mm512_shuffle_ps(w[0], w[1], 0xEE));
+  const __m512 s = _mm512_add_ps(z, _mm512_shuffle_ps(z, z, 0xB1));  // lane 4k: row k's sum, lane 4k+2: row 4+k's
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, s);
+  for (int r = 0; r < R; ++r) out[r] = lanes[r < 4 ? 4 * r : 4 * (r - 4) + 2];
+}
+
 template <int R>
 void row_q4_vnni(const Packed& w, int64_t n, const QuantX* const* xq, float* out) {
   const int64_t groups = w.k / 32;
@@ -324,26 +352,24 @@ void row_q4_vnni(const Packed& w, int64_t n, const QuantX* const* xq, float* out
   const __m512i low = _mm512_set1_epi8(0x0F);
   __m512 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
-  for (int64_t g = 0; g < groups; g += 4) {
+  for (int64_t g = 0, c = 0; g < groups; g += 4, ++c) {
     const int64_t nb = std::min<int64_t>(4, groups - g);
     const __mmask64 m = nb == 4 ? ~__mmask64(0) : ((__mmask64(1) << (16 * nb)) - 1);
     _mm_prefetch(reinterpret_cast<const char*>(q + g * 16) + PREFETCH_BYTES, _MM_HINT_T0);
     const __m512i bytes = _mm512_maskz_loadu_epi8(m, q + g * 16);
     const __m512i lo = _mm512_and_si512(bytes, low);
     const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), low);
-    const __m128 d = half4(sc + g, nb);
+    const __m512 d = spread4(half4(sc + g, nb));
     for (int r = 0; r < R; ++r) {
       __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(xq[r]->q.data() + g * 16));
       dot = _mm512_dpbusd_epi32(dot, hi, _mm512_loadu_si512(xq[r]->qhi.data() + g * 16));
-      const __m128 s = _mm_mul_ps(d, _mm_loadu_ps(xq[r]->scale.data() + g));
-      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), spread4(s), acc[r]);
+      const __m512 s = _mm512_mul_ps(d, _mm512_loadu_ps(xq[r]->spread.data() + 16 * c));
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc[r]);
     }
   }
-  for (int r = 0; r < R; ++r) {
-    out[r] = _mm512_reduce_add_ps(acc[r]);
-    if (w.mins) out[r] += offsets_dot(w.mins + n * groups, 1.f, groups, xq[r]->sum.data());
-    else out[r] += offsets_dot(sc, -8.f, groups, xq[r]->sum.data());
-  }
+  if (w.mins) add_offsets<R>(w.mins + n * groups, 1.f, groups, xq, acc);
+  else add_offsets<R>(sc, -8.f, groups, xq, acc);
+  reduce_rows<R>(acc, out);
 }
 
 template <int R>
@@ -354,35 +380,27 @@ void row_q8_vnni(const Packed& w, int64_t n, const QuantX* const* xq, float* out
   __m512 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
   const int64_t per = 64 / w.group;  // weight blocks per 64 bytes: 2 (group 32) or 4 (group 16)
-  for (int64_t g = 0; g < groups; g += per) {
+  const __m512i halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  for (int64_t g = 0, c = 0; g < groups; g += per, ++c) {
     const int64_t nb = std::min<int64_t>(per, groups - g);
     const __mmask64 m = nb == per ? ~__mmask64(0) : ((__mmask64(1) << (w.group * nb)) - 1);
     _mm_prefetch(reinterpret_cast<const char*>(q + g * w.group) + PREFETCH_BYTES, _MM_HINT_T0);
     const __m512i wv = _mm512_maskz_loadu_epi8(m, q + g * w.group);
     const __mmask64 negative = _mm512_movepi8_mask(wv);
     const __m512i wabs = _mm512_abs_epi8(wv);
-    const __m128 d = half4(sc + g, nb);
+    const __m128 d4 = half4(sc + g, nb);
+    const __m512 d = w.group == 32 ? _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(d4)) : spread4(d4);
     for (int r = 0; r < R; ++r) {
       const __m512i xv = _mm512_maskz_loadu_epi8(m, xq[r]->q.data() + g * w.group);
       // VPDPBUSD multiplies unsigned by signed: |w| times x with w's sign moved onto x.
       const __m512i xs = _mm512_mask_sub_epi8(xv, negative, _mm512_setzero_si512(), xv);
       const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wabs, xs);
-      __m512 sv;
-      if (w.group == 32) {
-        const __m128 s2 = _mm_mul_ps(d, _mm_loadu_ps(xq[r]->scale.data() + g));  // lanes 0..7 block g, 8..15 g + 1
-        const __m512i idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-        sv = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(s2));
-      } else {
-        const float dx0 = xq[r]->scale[g / 2], dx1 = xq[r]->scale[g / 2 + 1];
-        sv = spread4(_mm_mul_ps(d, _mm_set_ps(dx1, dx1, dx0, dx0)));
-      }
-      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sv, acc[r]);
+      const __m512 s = _mm512_mul_ps(d, _mm512_loadu_ps(xq[r]->spread.data() + 16 * c));
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc[r]);
     }
   }
-  for (int r = 0; r < R; ++r) {
-    out[r] = _mm512_reduce_add_ps(acc[r]);
-    if (w.mins) out[r] += offsets_dot(w.mins + n * groups, 1.f, groups, xq[r]->sum.data());
-  }
+  if (w.mins) add_offsets<R>(w.mins + n * groups, 1.f, groups, xq, acc);
+  reduce_rows<R>(acc, out);
 }
 
 template <int R>
@@ -528,19 +546,23 @@ torch::Tensor packed_linear(const torch::Tensor& x_in, const std::string& kind, 
   if (integer_dot && (w.kind == Kind::Q4 || w.kind == Kind::Q8) && k % 32 == 0) {
     std::vector<QuantX> xq(m);
     for (int64_t r = 0; r < m; ++r) quantize_x(xp + r * k, k, w.kind == Kind::Q4, w.group, xq[r]);
-    const int64_t grain = std::max<int64_t>(1, (16 * 1024) / std::max<int64_t>(1, w.row_bytes() * ((m + MR - 1) / MR)));
+    const int64_t grain = std::max<int64_t>(1, (16 * 1024) / std::max<int64_t>(1, w.row_bytes() * ((m + VMR - 1) / VMR)));
     at::parallel_for(0, w.n, grain, [&](int64_t n0, int64_t n1) {
-      const QuantX* rows[MR];
-      float out[MR];
+      const QuantX* rows[VMR];
+      float out[VMR];
       for (int64_t n = n0; n < n1; ++n)
-        for (int64_t m0 = 0; m0 < m; m0 += MR) {
-          const int mr = static_cast<int>(std::min<int64_t>(MR, m - m0));
+        for (int64_t m0 = 0; m0 < m; m0 += VMR) {
+          const int mr = static_cast<int>(std::min<int64_t>(VMR, m - m0));
           for (int r = 0; r < mr; ++r) rows[r] = &xq[m0 + r];
           switch (mr) {
             case 1: row_vnni<1>(w, n, rows, out); break;
             case 2: row_vnni<2>(w, n, rows, out); break;
             case 3: row_vnni<3>(w, n, rows, out); break;
-            default: row_vnni<4>(w, n, rows, out); break;
+            case 4: row_vnni<4>(w, n, rows, out); break;
+            case 5: row_vnni<5>(w, n, rows, out); break;
+            case 6: row_vnni<6>(w, n, rows, out); break;
+            case 7: row_vnni<7>(w, n, rows, out); break;
+            default: row_vnni<8>(w, n, rows, out); break;
           }
           for (int r = 0; r < mr; ++r) yp[(m0 + r) * w.n + n] = out[r];
         }
@@ -648,53 +670,174 @@ std::vector<torch::Tensor> qkv_rope(const torch::Tensor& qkv_in, const torch::Te
   return {q, k, v};
 }
 
-// Attention of one new position over the whole cache: q [B, H, 1, D], k and v [B, KV, L, D] (any strides with
-// a contiguous last dimension, e.g. views of a larger cache buffer). Returns [B, 1, H * D].
-torch::Tensor attend_decode(const torch::Tensor& q_in, const torch::Tensor& k, const torch::Tensor& v, double scale) {
-  TORCH_CHECK(q_in.scalar_type() == torch::kFloat32 && k.scalar_type() == torch::kFloat32 && v.scalar_type() == torch::kFloat32, "attend_decode takes float32");
-  TORCH_CHECK(q_in.dim() == 4 && q_in.size(2) == 1 && k.dim() == 4 && v.sizes() == k.sizes(), "q [B, H, 1, D], k and v [B, KV, L, D]");
-  TORCH_CHECK(k.stride(3) == 1 && v.stride(3) == 1, "k and v need a contiguous last dimension");
-  auto q = q_in.contiguous();
-  const int64_t b = q.size(0), heads = q.size(1), dim = q.size(3), kv_heads = k.size(1), len = k.size(2);
-  TORCH_CHECK(heads % kv_heads == 0 && k.size(3) == dim, "heads must be a multiple of kv heads");
+// Attention of one new position over a cache, for one (sequence, head): scores, softmax, weighted values.
+// Every (sequence, head) is computed by itself, in the same order whatever the batch or thread count, so a
+// sequence's output in a batch is bit for bit its output alone.
+
+#if INFLUENCE_AVX512
+// exp(x) (Cephes' expf polynomial, about 1 ulp; x clamped to [-87.3, 88]): x = n ln 2 + r, e^r by a degree-6
+// polynomial.
+inline __m512 exp512(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  x = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  x = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), x);
+  __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.3981999507e-3f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(8.3334519073e-3f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(4.1665795894e-2f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.6666665459e-1f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201e-1f));
+  y = _mm512_fmadd_ps(y, _mm512_mul_ps(x, x), _mm512_add_ps(x, _mm512_set1_ps(1.f)));
+  return _mm512_scalef_ps(y, n);
+}
+#endif
+
+// q: [dim]; key j at kb + j * ks, value j at vb + j * vs; scores: scratch of len floats; o: [dim].
+void attend_one(const float* q, const float* kb, int64_t ks, const float* vb, int64_t vs, int64_t len, int64_t dim,
+                float sc, float* scores, float* o) {
+#if INFLUENCE_AVX512
+  if (dim % 16 == 0 && dim <= 256) {
+    const int64_t nv = dim / 16;
+    __m512 qr[16], acc[16];
+    for (int64_t i = 0; i < nv; ++i) qr[i] = _mm512_mul_ps(_mm512_loadu_ps(q + 16 * i), _mm512_set1_ps(sc));
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < len; ++j) {
+      const float* kr = kb + j * ks;
+      __m512 d = _mm512_mul_ps(qr[0], _mm512_loadu_ps(kr));
+      for (int64_t i = 1; i < nv; ++i) d = _mm512_fmadd_ps(qr[i], _mm512_loadu_ps(kr + 16 * i), d);
+      const float s = _mm512_reduce_add_ps(d);
+      scores[j] = s;
+      mx = std::max(mx, s);
+    }
+    const __m512 vmx = _mm512_set1_ps(mx);
+    __m512 tot = _mm512_setzero_ps();
+    int64_t j = 0;
+    for (; j + 16 <= len; j += 16) {
+      const __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(scores + j), vmx));
+      _mm512_storeu_ps(scores + j, e);
+      tot = _mm512_add_ps(tot, e);
+    }
+    if (j < len) {
+      const __mmask16 tail = static_cast<__mmask16>((1u << (len - j)) - 1);
+      const __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, scores + j), vmx));
+      _mm512_mask_storeu_ps(scores + j, tail, e);
+      tot = _mm512_add_ps(tot, _mm512_maskz_mov_ps(tail, e));
+    }
+    const __m512 inv = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(tot));
+    for (int64_t i = 0; i < nv; ++i) acc[i] = _mm512_setzero_ps();
+    for (int64_t jj = 0; jj < len; ++jj) {
+      const __m512 p = _mm512_set1_ps(scores[jj]);
+      const float* vr = vb + jj * vs;
+      for (int64_t i = 0; i < nv; ++i) acc[i] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vr + 16 * i), acc[i]);
+    }
+    for (int64_t i = 0; i < nv; ++i) _mm512_storeu_ps(o + 16 * i, _mm512_mul_ps(acc[i], inv));
+    return;
+  }
+#endif
+  float mx = -INFINITY;
+  for (int64_t j = 0; j < len; ++j) {
+    const float* kr = kb + j * ks;
+    float d = 0.f;
+    for (int64_t i = 0; i < dim; ++i) d += q[i] * kr[i];
+    scores[j] = d * sc;
+    mx = std::max(mx, scores[j]);
+  }
+  float total = 0.f;
+  for (int64_t j = 0; j < len; ++j) {
+    scores[j] = std::exp(scores[j] - mx);
+    total += scores[j];
+  }
+  for (int64_t i = 0; i < dim; ++i) o[i] = 0.f;
+  for (int64_t j = 0; j < len; ++j) {
+    const float p = scores[j] / total;
+    const float* vr = vb + j * vs;
+    for (int64_t i = 0; i < dim; ++i) o[i] += p * vr[i];
+  }
+}
+
+// Below this many multiply-adds in all, attention stays on the calling thread (a parallel region costs more).
+constexpr int64_t ATTEND_PARALLEL_WORK = 1 << 16;
+
+// One new position per sequence, each over its own cache: q [B, H, 1, D]; ks[b] and vs[b] [1, KV, L_b, D]
+// (any strides with a contiguous last dimension, e.g. views of a larger buffer; lengths may differ).
+// Returns [B, 1, H * D].
+torch::Tensor attend_rows(const torch::Tensor& q_in, const std::vector<torch::Tensor>& ks, const std::vector<torch::Tensor>& vs,
+                          double scale) {
+  TORCH_CHECK(q_in.scalar_type() == torch::kFloat32 && q_in.dim() == 4 && q_in.size(2) == 1, "q must be float32 [B, H, 1, D]");
+  const int64_t b = q_in.size(0), heads = q_in.size(1), dim = q_in.size(3);
+  TORCH_CHECK(static_cast<int64_t>(ks.size()) == b && static_cast<int64_t>(vs.size()) == b, "one k and one v per row of q");
+  int64_t kv_heads = 0, longest = 0, work = 0;
+  for (int64_t bi = 0; bi < b; ++bi) {
+    const auto& k = ks[bi];
+    const auto& v = vs[bi];
+    TORCH_CHECK(k.scalar_type() == torch::kFloat32 && v.scalar_type() == torch::kFloat32, "k and v must be float32");
+    TORCH_CHECK(k.dim() == 4 && k.size(0) == 1 && v.sizes() == k.sizes() && k.size(3) == dim, "k and v must be [1, KV, L, D]");
+    TORCH_CHECK(k.stride(3) == 1 && v.stride(3) == 1, "k and v need a contiguous last dimension");
+    TORCH_CHECK(k.size(2) > 0, "an empty cache has nothing to attend to");
+    TORCH_CHECK(bi == 0 || k.size(1) == kv_heads, "every row needs the same kv heads");
+    kv_heads = k.size(1);
+    longest = std::max(longest, k.size(2));
+    work += heads * k.size(2) * dim;
+  }
+  TORCH_CHECK(kv_heads > 0 && heads % kv_heads == 0, "heads must be a multiple of kv heads");
   const int64_t group = heads / kv_heads;
+  auto q = q_in.contiguous();
   auto out = torch::empty({b, 1, heads * dim}, torch::kFloat32);
   const float* qp = q.data_ptr<float>();
-  const float* kp = k.data_ptr<float>();
-  const float* vp = v.data_ptr<float>();
   float* op = out.data_ptr<float>();
   const float sc = static_cast<float>(scale);
-  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, len * dim));
+  const int64_t grain = work < ATTEND_PARALLEL_WORK ? b * heads : 1;
   at::parallel_for(0, b * heads, grain, [&](int64_t h0, int64_t h1) {
-    std::vector<float> scores(len);
+    std::vector<float> scores(longest + 16);
     for (int64_t bh = h0; bh < h1; ++bh) {
       const int64_t bi = bh / heads, hd = bh % heads, kh = hd / group;
-      const float* qv = qp + bh * dim;
-      const float* kb = kp + bi * k.stride(0) + kh * k.stride(1);
-      const float* vb = vp + bi * v.stride(0) + kh * v.stride(1);
-      float mx = -INFINITY;
-      for (int64_t j = 0; j < len; ++j) {
-        const float* kr = kb + j * k.stride(2);
-        float d = 0.f;
-        for (int64_t i = 0; i < dim; ++i) d += qv[i] * kr[i];
-        scores[j] = d * sc;
-        mx = std::max(mx, scores[j]);
-      }
-      float total = 0.f;
-      for (int64_t j = 0; j < len; ++j) {
-        scores[j] = std::exp(scores[j] - mx);
-        total += scores[j];
-      }
-      float* o = op + bi * heads * dim + hd * dim;
-      for (int64_t i = 0; i < dim; ++i) o[i] = 0.f;
-      for (int64_t j = 0; j < len; ++j) {
-        const float p = scores[j] / total;
-        const float* vr = vb + j * v.stride(2);
-        for (int64_t i = 0; i < dim; ++i) o[i] += p * vr[i];
-      }
+      const auto& k = ks[bi];
+      const auto& v = vs[bi];
+      const float* kb = k.data_ptr<float>() + kh * k.stride(1);
+      const float* vb = v.data_ptr<float>() + kh * v.stride(1);
+      attend_one(qp + bh * dim, kb, k.stride(2), vb, v.stride(2), k.size(2), dim, sc, scores.data(), op + bh * dim);
     }
   });
   return out;
+}
+
+// Write each sequence's new position: k_new / v_new [B, KV, 1, D] go to the last position of ks[b] / vs[b]
+// ([1, KV, L_b, D] views of the sequences' cache buffers, any strides with a contiguous last dimension).
+void append_rows(const torch::Tensor& k_in, const torch::Tensor& v_in, const std::vector<torch::Tensor>& ks,
+                 const std::vector<torch::Tensor>& vs) {
+  TORCH_CHECK(k_in.scalar_type() == torch::kFloat32 && v_in.scalar_type() == torch::kFloat32, "k and v must be float32");
+  TORCH_CHECK(k_in.dim() == 4 && k_in.size(2) == 1 && v_in.sizes() == k_in.sizes(), "new k and v must be [B, KV, 1, D]");
+  const int64_t b = k_in.size(0), kv_heads = k_in.size(1), dim = k_in.size(3);
+  TORCH_CHECK(static_cast<int64_t>(ks.size()) == b && static_cast<int64_t>(vs.size()) == b, "one cache view per row");
+  auto kn = k_in.contiguous();
+  auto vn = v_in.contiguous();
+  for (int64_t bi = 0; bi < b; ++bi) {
+    for (const auto* t : {&ks[bi], &vs[bi]}) {
+      TORCH_CHECK(t->scalar_type() == torch::kFloat32 && t->dim() == 4 && t->size(0) == 1 && t->size(1) == kv_heads &&
+                      t->size(3) == dim && t->size(2) > 0 && t->stride(3) == 1,
+                  "cache views must be float32 [1, KV, L, D] with a contiguous last dimension");
+    }
+    const auto& k = ks[bi];
+    const auto& v = vs[bi];
+    const int64_t last = k.size(2) - 1;
+    for (int64_t h = 0; h < kv_heads; ++h) {
+      std::memcpy(k.data_ptr<float>() + h * k.stride(1) + last * k.stride(2), kn.data_ptr<float>() + (bi * kv_heads + h) * dim, sizeof(float) * dim);
+      std::memcpy(v.data_ptr<float>() + h * v.stride(1) + (v.size(2) - 1) * v.stride(2), vn.data_ptr<float>() + (bi * kv_heads + h) * dim, sizeof(float) * dim);
+    }
+  }
+}
+
+// The same for sequences of one length: q [B, H, 1, D], k and v [B, KV, L, D]. Returns [B, 1, H * D].
+torch::Tensor attend_decode(const torch::Tensor& q_in, const torch::Tensor& k, const torch::Tensor& v, double scale) {
+  TORCH_CHECK(k.dim() == 4 && v.sizes() == k.sizes(), "k and v must be [B, KV, L, D]");
+  TORCH_CHECK(q_in.dim() == 4 && q_in.size(0) == k.size(0), "q must be [B, H, 1, D]");
+  std::vector<torch::Tensor> ks, vs;
+  for (int64_t bi = 0; bi < k.size(0); ++bi) {
+    ks.push_back(k.narrow(0, bi, 1));
+    vs.push_back(v.narrow(0, bi, 1));
+  }
+  return attend_rows(q_in, ks, vs, scale);
 }
 
 // silu(gate) * up for a fused gate|up projection [..., 2 I] -> [..., I].
@@ -707,6 +850,19 @@ torch::Tensor silu_mul(const torch::Tensor& gu_in) {
   auto out = torch::empty(shape, torch::kFloat32);
   const float* g = gu.data_ptr<float>();
   float* o = out.data_ptr<float>();
+#if INFLUENCE_AVX512
+  const __m512 one = _mm512_set1_ps(1.f);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* gr = g + r * 2 * inter;
+    for (int64_t i = 0; i < inter; i += 16) {
+      const __mmask16 m = inter - i >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (inter - i)) - 1);
+      const __m512 a = _mm512_maskz_loadu_ps(m, gr + i);
+      const __m512 silu = _mm512_div_ps(a, _mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), a))));
+      _mm512_mask_storeu_ps(o + r * inter + i, m, _mm512_mul_ps(silu, _mm512_maskz_loadu_ps(m, gr + inter + i)));
+    }
+  }
+  return out;
+#endif
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t i = 0; i < inter; ++i) {
       const float a = g[r * 2 * inter + i];
@@ -726,5 +882,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm", &rms_norm, "RMSNorm over the last dimension");
   m.def("qkv_rope", &qkv_rope, "split q|k|v and apply the rotary embedding");
   m.def("attend_decode", &attend_decode, "attention of one position over the cache");
+  m.def("attend_rows", &attend_rows, "attention of one position per sequence, each over its own cache");
+  m.def("append_rows", &append_rows, "write each sequence's new keys and values into its cache");
   m.def("silu_mul", &silu_mul, "silu(gate) * up");
 }
