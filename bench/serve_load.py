@@ -165,7 +165,7 @@ def start_ours(model: str, gguf: Path, threads: int, parallel: int, home: Path) 
 
 def _served_id(model: str, gguf: Path) -> str:
     from influence_tui.core.library import DEMO_NAME, gguf_model
-    from influence_tui.server.state import model_id
+    from influence_tui.core.model_ids import model_id
 
     if model == "demo":
         return model_id(gguf_model(DEMO_NAME, gguf, "demo", [gguf]))

@@ -3,8 +3,10 @@
 ``serve`` binds first (so a busy port fails at once), starts answering, and loads the model on the engine
 thread meanwhile (/health says ``loading``). ``serve --detach`` starts the same command as a background
 process with its output in a log file, waits until /health says ``ok`` (or shows the log's tail if the
-process dies) and prints the URL. Each server keeps a small record in the data dir; ``ps`` lists them and
-``serve --stop`` stops one.
+process dies) and prints the URL. Each server keeps a small record in the data dir; ``ps`` lists them (and asks
+each one's /health what runs inside) and ``serve --stop`` stops one. SIGTERM, Ctrl+C and ``--stop`` stop a
+server gracefully (:mod:`~influence_tui.server.lifecycle`): no new requests, ``--grace`` seconds for the running
+ones, then they end with "abort".
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from influence_tui.cli.common import EXIT_ERROR, EXIT_OK, SETTING_FLAGS, console, print_json
+from influence_tui.cli.common import EXIT_OK, SETTING_FLAGS
+from influence_tui.cli.server_ps import cmd_ps, fetch_health
 from influence_tui.core.errors import InfluenceError
 
 if TYPE_CHECKING:
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
 API_KEY_ENV = "INFLUENCE_API_KEY"
 READY_TIMEOUT_S = 600.0
 STOP_TIMEOUT_S = 20.0
+"""How long ``serve --stop`` waits, beyond the server's grace period, before it kills it."""
 
 
 class _Stopped(Exception):
@@ -104,6 +108,10 @@ def _serve_settings(args: argparse.Namespace) -> Settings:
 
     flags: dict[str, object] = {name: getattr(args, name, None) for name in SETTING_FLAGS}
     flags["parallel"] = getattr(args, "parallel", None)
+    flags["shutdown_grace"] = getattr(args, "grace", None)
+    flags["keep_alive"] = getattr(args, "keep_alive", None)
+    flags["max_loaded_memory"] = getattr(args, "memory_budget", None)
+    flags["max_loaded_models"] = getattr(args, "max_models", None)
     return load_settings(flags)
 
 
@@ -152,15 +160,19 @@ def _serve(
     from influence_tui.core.engine.runner import EngineRunner
     from influence_tui.server import registry
     from influence_tui.server.app import create_app, server_state
+    from influence_tui.server.lifecycle import GracefulServer
 
     sock = _bind(settings.host, settings.port)
     port = int(sock.getsockname()[1])
     url = registry.client_url(settings.host, port)
     runner = EngineRunner(
-        max_batch=settings.parallel, queue_limit=settings.queue_limit, prefill_chunk=settings.prefill_chunk
+        max_batch=settings.parallel,
+        queue_limit=settings.queue_limit,
+        prefill_chunk=settings.prefill_chunk,
+        prompt_cache_mib=settings.prompt_cache_mib,
     )
     failures: list[BaseException] = []
-    server: uvicorn.Server | None = None
+    server: GracefulServer | None = None
 
     def load() -> None:
         print(f"Loading {local.name} …", file=sys.stderr, flush=True)
@@ -183,11 +195,12 @@ def _serve(
         cors_origins=cors,
         upstreams=upstreams,
     )
-    server_state(app).url = url
+    state = server_state(app)
+    state.url = url
     config = uvicorn.Config(
         app, log_level="warning", access_log=False, timeout_graceful_shutdown=5, lifespan="on", server_header=False
     )
-    server = uvicorn.Server(config)
+    server = GracefulServer(config, state, grace_s=settings.shutdown_grace)
     record = registry.write_record(
         url=url,
         host=settings.host,
@@ -196,6 +209,7 @@ def _serve(
         log=os.environ.get(registry.LOG_ENV) or None,
         detached=bool(os.environ.get(registry.LOG_ENV)),
         api_key=api_key is not None,
+        shutdown_grace=settings.shutdown_grace,
     )
     print(
         f"Influence serves {local.name} at {url} (OpenAI API: {url}/v1, Ollama API: {url}); Ctrl+C stops it",
@@ -227,7 +241,9 @@ def _serve(
         sock.close()
     if failures:
         raise InfluenceError(f"could not load {local.name}: {failures[0]}")
-    print("Server stopped.", file=sys.stderr, flush=True)
+    grace = settings.shutdown_grace
+    aborted = f" ({server.aborted} request(s) aborted after {grace:g} s of grace)" if server.aborted else ""
+    print(f"Server stopped.{aborted}", file=sys.stderr, flush=True)
     return EXIT_OK
 
 
@@ -239,6 +255,14 @@ def _child_command(args: argparse.Namespace, settings: Settings) -> list[str]:
     if args.models_dir:
         command += ["--models-dir", str(args.models_dir)]
     command += ["serve", "--host", settings.host, "--port", str(settings.port), "--parallel", str(settings.parallel)]
+    command += ["--grace", f"{settings.shutdown_grace:g}"]
+    for flag, value in (
+        ("--keep-alive", args.keep_alive),
+        ("--memory-budget", args.memory_budget),
+        ("--max-models", args.max_models),
+    ):
+        if value is not None:
+            command += [flag, str(value)]
     if args.model:
         command += ["--model", args.model]
     for flag, value in (("--device", args.device), ("--dtype", args.dtype), ("--quantize", args.quantize)):
@@ -257,17 +281,6 @@ def _tail(path: Path, lines: int = 20) -> str:
     except OSError:
         return ""
     return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
-def _health(url: str, timeout: float = 2.0) -> dict[str, Any] | None:
-    import httpx
-
-    try:
-        response = httpx.get(f"{url}/health", timeout=timeout)
-        data = response.json()
-    except (httpx.HTTPError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _detach(args: argparse.Namespace, settings: Settings, local: LocalModel, api_key: str | None) -> int:
@@ -304,7 +317,7 @@ def _detach(args: argparse.Namespace, settings: Settings, local: LocalModel, api
                     f"the server exited (code {code}) before it was ready", hint=f"the log is {log_path}"
                 )
             record = registry.read_record(path) if path.exists() else None
-            health = _health(record.url, timeout=1.0) if record else None
+            health = fetch_health(record.url, timeout=1.0) if record else None
             if record is not None and health is not None and health.get("status") == "ok":
                 print(record.url)
                 print(
@@ -336,7 +349,7 @@ def _stop_one(record: ServerRecord) -> bool:
     except ProcessLookupError:
         registry.remove_record(record.pid)
         return False
-    deadline = time.monotonic() + STOP_TIMEOUT_S
+    deadline = time.monotonic() + record.shutdown_grace + STOP_TIMEOUT_S
     while registry.is_running(record):
         if time.monotonic() > deadline:
             kill = getattr(signal, "SIGKILL", signal.SIGTERM)
@@ -366,73 +379,10 @@ def _stop(settings: Settings, *, port_given: bool) -> int:
         )
     record = records[0]
     killed = _stop_one(record)
-    how = f"killed (it did not stop within {STOP_TIMEOUT_S:.0f} s)" if killed else "stopped"
+    waited = record.shutdown_grace + STOP_TIMEOUT_S
+    how = f"killed (it did not stop within {waited:.0f} s)" if killed else "stopped"
     print(f"Server at {record.url} (pid {record.pid}, {record.model}) {how}.")
     return EXIT_OK
-
-
-# ---------------------------------------------------------------------------------------- ps
-
-
-def _uptime(seconds: float) -> str:
-    seconds = int(seconds)
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours}h"
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    if minutes:
-        return f"{minutes}m {secs:02d}s"
-    return f"{secs}s"
-
-
-def cmd_ps(args: argparse.Namespace) -> int:
-    from influence_tui.server import registry
-
-    rows: list[dict[str, Any]] = []
-    for record in registry.running_servers():
-        health = _health(record.url)
-        status = str(health.get("status")) if health else "not answering"
-        uptime = float(health["uptime_s"]) if health and "uptime_s" in health else time.time() - record.started_at
-        rows.append(
-            {
-                **record.to_dict(),
-                "status": status,
-                "uptime_s": round(uptime, 1),
-                "loaded": health.get("loaded") if health else None,
-                "error": health.get("error") if health else None,
-            }
-        )
-    if args.json:
-        print_json(rows)
-        return EXIT_OK
-    if not rows:
-        print("No Influence server is running. `influence serve --detach` starts one in the background.")
-        return EXIT_OK
-    from rich import box
-    from rich.table import Table
-    from rich.text import Text
-
-    out = console()
-    table = Table(box=box.SIMPLE_HEAD if out.is_terminal else None, pad_edge=False)
-    for column in ("PID", "URL", "MODEL", "STATUS", "UPTIME", "LOG"):
-        table.add_column(column, no_wrap=True)
-    for row in rows:
-        table.add_row(
-            str(row["pid"]),
-            Text(row["url"]),
-            Text(row["model"]),
-            Text(row["status"] if row["status"] != "ok" else "ready"),
-            _uptime(row["uptime_s"]),
-            Text(row["log"] or "(foreground)"),
-        )
-    out.print(table)
-    for row in rows:
-        if row["error"]:
-            out.print(Text(f"{row['url']}: {row['error']}"))
-    return EXIT_OK if all(r["status"] != "error" for r in rows) else EXIT_ERROR
 
 
 # ---------------------------------------------------------------------------------------- parser
@@ -475,6 +425,26 @@ def register(add: AddCommand) -> None:
         "--quantize",
         choices=("auto", "none", "int8", "int4"),
         help="weights kept quantized on CPU (default: auto, a GGUF keeps its own; none: floats)",
+    )
+    p.add_argument(
+        "--keep-alive",
+        metavar="DURATION",
+        help="how long a model loaded on demand stays loaded when idle (5m, 1h, 300, -1 forever, 0; default 5m); "
+        "set, it applies to the --model one too, which otherwise stays loaded",
+    )
+    p.add_argument(
+        "--memory-budget",
+        metavar="SIZE",
+        help="memory the loaded models may take together (8GiB, 512MiB; default: 3/4 of the machine's RAM); "
+        "the least recently used idle model is unloaded to make room",
+    )
+    p.add_argument(
+        "--max-models", type=int, metavar="N", help="at most N models loaded at once (default 0: no limit but memory)"
+    )
+    p.add_argument(
+        "--grace",
+        metavar="SECONDS",
+        help="on SIGTERM/Ctrl+C/--stop, let running requests finish this long, then abort them (default: 10)",
     )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(

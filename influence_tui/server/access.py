@@ -20,6 +20,9 @@ log = logging.getLogger("influence.server")
 #: Paths anyone may call, even with an API key set (load balancers and `influence ps` poll it).
 OPEN_PATHS = frozenset({"/health"})
 
+#: Paths polled by machines (load balancers, `influence ps`, Prometheus): logged at debug level only.
+QUIET_PATHS = OPEN_PATHS | {"/metrics"}
+
 _USAGE = "influence_usage"
 
 
@@ -97,6 +100,6 @@ class AccessLogMiddleware:
             elapsed = time.perf_counter() - start
             tokens = f" {usage.get('prompt', 0)}+{usage.get('completion', 0)} tokens" if usage else ""
             path = scope["path"] + (f"?{scope['query_string'].decode('latin-1')}" if scope.get("query_string") else "")
-            # Health checks are polled (by `serve --detach`, load balancers): only at debug level.
-            level = logging.DEBUG if scope["path"] in OPEN_PATHS else logging.INFO
+            # Health checks and metrics are polled: only at debug level.
+            level = logging.DEBUG if scope["path"] in QUIET_PATHS else logging.INFO
             log.log(level, "%s %s %s %.3fs%s", scope["method"], path, status or "-", elapsed, tokens)

@@ -1,9 +1,11 @@
-"""The FastAPI app: both APIs, /health, API-key checks, CORS and one log line per request.
+"""The FastAPI app: both APIs, /health, /metrics, API-key checks, CORS and one log line per request.
 
 :func:`create_app` takes the :class:`~influence_tui.core.engine.runner.EngineRunner` and the model it serves
 (injected, so tests build the app on a tiny model). Either the runner has already loaded the model, or
 ``load`` loads it: the app then starts at once, /health says ``loading``, generation routes answer 503 until
-the model is ready.
+the model is ready. While the server shuts down (:mod:`~influence_tui.server.lifecycle`) /health says
+``stopping`` and new requests get a 503. /metrics is Prometheus' text (:mod:`~influence_tui.server.metrics`),
+behind the API key like every route but /health.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from influence_tui import __version__
@@ -29,6 +31,9 @@ from influence_tui.server.errors import (
     handle_influence_error,
     handle_unexpected,
 )
+from influence_tui.server.lifecycle import StoppingMiddleware
+from influence_tui.server.metrics import CONTENT_TYPE, ServerMetrics, metrics_for
+from influence_tui.server.models import LeaseMiddleware
 from influence_tui.server.state import ServerState
 
 if TYPE_CHECKING:
@@ -68,6 +73,7 @@ def create_app(
     )
     if load is None:
         state.finish_loading()
+    metrics = metrics_for(state)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -78,6 +84,7 @@ def create_app(
         finally:
             if gateway is not None:
                 gateway.close()
+            state.pool.close()
 
     app = FastAPI(
         title="Influence",
@@ -89,12 +96,17 @@ def create_app(
         openapi_url=None,
     )
     app.state.influence = state
+    app.state.metrics = metrics
 
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:
         report = state.health()
-        status = {"ok": 200, "loading": 503, "error": 500}[state.status]
+        status = 503 if state.stopping else {"ok": 200, "loading": 503, "error": 500}[state.status]
         return JSONResponse(report, status_code=status)
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     for router in (openai_routes.router, openai_embeddings.router):
         app.include_router(router, prefix="/v1")
@@ -106,9 +118,12 @@ def create_app(
     app.add_exception_handler(StarletteHTTPException, handle_http_exception)
     app.add_exception_handler(Exception, handle_unexpected)
 
-    # Added innermost first: the access log sees every answer, CORS answers preflights before the key check.
+    # Added innermost first: the access log sees every answer, CORS answers preflights before the key check;
+    # a request's model leases go back once its answer (streamed or not) is complete.
+    app.add_middleware(LeaseMiddleware, pool=state.pool)
     if state.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=state.api_key)
+    app.add_middleware(StoppingMiddleware, state=state)
     if cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -125,3 +140,9 @@ def server_state(app: FastAPI) -> ServerState:
     """The state of an app made by :func:`create_app` (for the CLI and tests)."""
     state: ServerState = app.state.influence
     return state
+
+
+def server_metrics(app: FastAPI) -> ServerMetrics:
+    """The metrics of an app made by :func:`create_app`."""
+    metrics: ServerMetrics = app.state.metrics
+    return metrics

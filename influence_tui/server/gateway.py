@@ -20,10 +20,11 @@ import anyio.to_thread
 
 from influence_tui.core.engine.remote import RemoteEngine, RemoteTokenStream
 from influence_tui.core.engine.remote_http import RemoteClient
-from influence_tui.core.remotes import Remote, RemoteListing, RemoteModel, list_remotes, split_model_ref
+from influence_tui.core.remote_catalog import list_remotes
+from influence_tui.core.remotes import Remote, RemoteListing, RemoteModel, split_model_ref
 from influence_tui.core.sessions import PromptPlan
 from influence_tui.core.types import ChatMessage, SamplingParams
-from influence_tui.server.state import utc_iso
+from influence_tui.server.clock import utc_iso
 
 log = logging.getLogger("influence.server")
 

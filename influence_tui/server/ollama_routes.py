@@ -20,9 +20,11 @@ from influence_tui import __version__
 from influence_tui.core.engine.remote import RemoteEngine
 from influence_tui.core.engine.runner import TokenStream
 from influence_tui.core.errors import InfluenceError
-from influence_tui.core.types import ChatMessage, GenerationStats, LoadedModelInfo, Role, SamplingParams
+from influence_tui.core.model_ids import model_id
+from influence_tui.core.types import ChatMessage, GenerationStats, LoadedModelInfo, LocalModel, Role, SamplingParams
 from influence_tui.core.units import human_count
 from influence_tui.server.access import record_usage
+from influence_tui.server.clock import utc_iso
 from influence_tui.server.errors import APIError, bad_request, from_influence_error, log
 from influence_tui.server.gateway import (
     ollama_show,
@@ -32,6 +34,7 @@ from influence_tui.server.gateway import (
     upstream_engine,
     upstream_models,
 )
+from influence_tui.server.models import ServedModel
 from influence_tui.server.openai_embeddings import check_dimensions, shorten
 from influence_tui.server.openai_routes import server_state
 from influence_tui.server.params import RequestedSampling, sampling_params
@@ -45,7 +48,7 @@ from influence_tui.server.schemas import (
     OllamaShowRequest,
     parse_body,
 )
-from influence_tui.server.state import ServerState, model_modified, utc_iso
+from influence_tui.server.state import ServerState, keep_alive_seconds, model_digest, model_modified
 from influence_tui.server.streams import EngineStreamingResponse, EventPump, cancel_on_disconnect, collect, ndjson
 
 router = APIRouter()
@@ -72,8 +75,7 @@ async def version() -> dict[str, str]:
 # ------------------------------------------------------------------------------------------ models
 
 
-def details(state: ServerState) -> dict[str, Any]:
-    model = state.model
+def details(model: LocalModel) -> dict[str, Any]:
     family = model.architecture or "unknown"
     return {
         "parent_model": "",
@@ -85,42 +87,59 @@ def details(state: ServerState) -> dict[str, Any]:
     }
 
 
+def _tag(model: LocalModel) -> dict[str, Any]:
+    ident = model_id(model)
+    return {
+        "name": ident,
+        "model": ident,
+        "modified_at": utc_iso(model_modified(model)),
+        "size": model.size_bytes,
+        "digest": model_digest(model),
+        "details": details(model),
+    }
+
+
+def _library_tags(state: ServerState) -> list[dict[str, Any]]:
+    """The loaded models first (the started one leading), then every other loadable model of the library."""
+    entries = [state.started, *(e for e in state.pool.entries() if e is not state.started)]
+    tags = [_tag(e.model) for e in entries]
+    seen = {t["name"] for t in tags}
+    for model in state.library.models():
+        if model.runtime is not None and model_id(model) not in seen:
+            seen.add(model_id(model))
+            tags.append(_tag(model))
+    return tags
+
+
 @router.get("/api/tags")
 async def tags(request: Request) -> dict[str, Any]:
     state = server_state(request)
-    model = state.model
-    local = {
-        "name": state.model_id,
-        "model": state.model_id,
-        "modified_at": utc_iso(model_modified(model)),
-        "size": model.size_bytes,
-        "digest": state.digest,
-        "details": details(state),
-    }
-    return {"models": [local, *(ollama_tag(m) for m in await upstream_models(state.gateway))]}
+    local = await anyio.to_thread.run_sync(_library_tags, state)
+    return {"models": [*local, *(ollama_tag(m) for m in await upstream_models(state.gateway))]}
 
 
 @router.get("/api/ps")
 async def ps(request: Request) -> dict[str, Any]:
     state = server_state(request)
-    info = state.runner.info
-    if state.status != "ok" or info is None:
-        return {"models": []}
-    model = state.model
-    return {
-        "models": [
+    models = []
+    for entry in state.pool.entries():
+        info = entry.info
+        if info is None:
+            continue
+        expires = entry.expires_at()
+        models.append(
             {
-                "name": state.model_id,
-                "model": state.model_id,
-                "size": model.size_bytes,
-                "digest": state.digest,
-                "details": details(state),
-                "expires_at": NEVER,
-                "size_vram": model.size_bytes if info.device.startswith(("cuda", "mps")) else 0,
+                "name": entry.model_id,
+                "model": entry.model_id,
+                "size": entry.model.size_bytes,
+                "digest": model_digest(entry.model),
+                "details": details(entry.model),
+                "expires_at": NEVER if expires is None else utc_iso(expires),
+                "size_vram": entry.model.size_bytes if info.device.startswith(("cuda", "mps")) else 0,
                 "context_length": info.context_length,
             }
-        ]
-    }
+        )
+    return {"models": models}
 
 
 def _parameters_text(state: ServerState, info: LoadedModelInfo | None) -> str:
@@ -147,9 +166,9 @@ async def show(request: Request) -> dict[str, Any]:
     remote = await upstream_engine(state.gateway, body.model or body.name)
     if remote is not None:
         return ollama_show(remote)
-    state.served_name(body.model or body.name, required=True)
-    info = state.runner.info if state.status == "ok" else None
-    model = state.model
+    served = await state.acquire(request, body.model or body.name, required=True)
+    info = served.info
+    model = served.model
     arch = model.architecture or (info.architecture if info else "unknown")
     context = info.context_length if info else model.context_length
     model_info: dict[str, Any] = {
@@ -159,13 +178,13 @@ async def show(request: Request) -> dict[str, Any]:
         "general.file_type": model.quantization,
         f"{arch}.context_length": context,
     }
-    template = await anyio.to_thread.run_sync(state.chat_template) if info else None
+    template = await anyio.to_thread.run_sync(served.chat_template) if info else None
     return {
         "license": "",
         "modelfile": f"# Modelfile for {model.name}, served by Influence\nFROM {model.path}\n",
         "parameters": _parameters_text(state, info),
         "template": template or "",
-        "details": details(state),
+        "details": details(model),
         "model_info": model_info,
         "capabilities": ["completion"],
         "modified_at": utc_iso(model_modified(model)),
@@ -216,12 +235,17 @@ def _fit(params: SamplingParams, context: int, prompt_tokens: int) -> SamplingPa
     return params if params.max_tokens <= room else replace(params, max_tokens=room)
 
 
+_DONE_REASONS = {"length": "length", "cancelled": "abort"}
+"""Ollama's ``done_reason`` for the engine's finish reasons (the rest are ``stop``); ``abort``: the server
+ended the generation (shutting down), as Ollama says of a request it aborts."""
+
+
 def _timings(stats: GenerationStats | None, started: float) -> dict[str, Any]:
     total = time.perf_counter() - started
     if stats is None:
         return {"total_duration": int(total * _NS), "load_duration": 0}
     return {
-        "done_reason": "length" if stats.finish_reason == "length" else "stop",
+        "done_reason": _DONE_REASONS.get(stats.finish_reason, "stop"),
         "total_duration": int(total * _NS),
         "load_duration": int(stats.load_s * _NS),
         "prompt_eval_count": stats.prompt_tokens,
@@ -255,15 +279,16 @@ def _chat_messages(messages: list[OllamaMessage]) -> list[ChatMessage]:
     return converted
 
 
-def _load_answer(model: str, started: float, key: str) -> dict[str, Any]:
-    """What Ollama answers to a request with nothing to generate: the model is loaded, and that is all."""
+def _load_answer(model: str, started: float, key: str, keep_alive: object = None) -> dict[str, Any]:
+    """What Ollama answers to a request with nothing to generate: the model is loaded (``done_reason`` "load"),
+    or, with ``keep_alive`` 0, unloaded once this request ends ("unload")."""
     content: Any = {"role": "assistant", "content": ""} if key == "message" else ""
     return {
         "model": model,
         "created_at": utc_iso(),
         key: content,
         "done": True,
-        "done_reason": "load",
+        "done_reason": "unload" if keep_alive is not None and keep_alive_seconds(keep_alive) == 0 else "load",
         "total_duration": int((time.perf_counter() - started) * _NS),
     }
 
@@ -321,21 +346,23 @@ async def chat(request: Request) -> Response:
     state = server_state(request)
     body = parse_body(OllamaChatRequest, await request.body())
     remote = await upstream_engine(state.gateway, body.model)
+    messages = _chat_messages(body.messages) if body.messages else []
     if remote is None:
-        state.served_name(body.model, required=True)
+        if not (body.model and body.model.strip()):
+            raise bad_request("model is required")
+        served = await state.acquire(request, body.model, required=True, keep_alive=body.keep_alive)
     model = body.model or state.model.name
-    info = remote.info if remote is not None and remote.info else state.require_ready()
+    info = remote.info if remote is not None and remote.info else served.require_ready()
     if not body.messages:
-        return JSONResponse(_load_answer(model, started, "message"))
-    messages = _chat_messages(body.messages)
+        return JSONResponse(_load_answer(model, started, "message", body.keep_alive))
     params, context = _sampling(state, body.options, info)
     if remote is not None:  # an upstream's model: its reply streams through the same lines
         _plan, stream = await open_chat(remote, messages, params)
         pump = EventPump(stream)
     else:
-        plan = await anyio.to_thread.run_sync(state.chat_prompt, messages, params, context)
+        plan = await anyio.to_thread.run_sync(served.chat_prompt, messages, params, context)
         params = _fit(params, context, len(plan.prompt_ids))
-        pump = EventPump(state.submit(plan.prompt_ids, params))
+        pump = EventPump(served.submit(plan.prompt_ids, params))
 
     def line(content: str, done: bool) -> dict[str, Any]:
         return {
@@ -349,7 +376,7 @@ async def chat(request: Request) -> Response:
 
 
 def _generate_prompt(
-    state: ServerState, body: OllamaGenerateRequest, params: SamplingParams, context: int
+    state: ServedModel, body: OllamaGenerateRequest, params: SamplingParams, context: int
 ) -> list[int]:
     """The prompt's token ids (blocking: tokenizes): raw, or through the chat template; after ``context``."""
     prior = list(body.context or [])
@@ -375,22 +402,24 @@ async def generate(request: Request) -> Response:
     state = server_state(request)
     body = parse_body(OllamaGenerateRequest, await request.body())
     remote = await upstream_engine(state.gateway, body.model)
-    if remote is None:
-        state.served_name(body.model, required=True)
-    model = body.model or state.model.name
     if body.images:
         raise bad_request("images are not supported: the served model reads text only")
     if body.suffix:
         raise bad_request("suffix (fill-in-the-middle) is not supported")
-    info = remote.info if remote is not None and remote.info else state.require_ready()
+    if remote is None:
+        if not (body.model and body.model.strip()):
+            raise bad_request("model is required")
+        served = await state.acquire(request, body.model, required=True, keep_alive=body.keep_alive)
+    model = body.model or state.model.name
+    info = remote.info if remote is not None and remote.info else served.require_ready()
     if not body.prompt and not body.context:
-        return JSONResponse(_load_answer(model, started, "response"))
+        return JSONResponse(_load_answer(model, started, "response", body.keep_alive))
     params, context = _sampling(state, body.options, info)
     if remote is not None:
         return await _remote_generate(request, remote, body, params, model=model, started=started)
-    prompt_ids = await anyio.to_thread.run_sync(_generate_prompt, state, body, params, context)
+    prompt_ids = await anyio.to_thread.run_sync(_generate_prompt, served, body, params, context)
     params = _fit(params, context, len(prompt_ids))
-    stream: TokenStream = state.submit(prompt_ids, params)
+    stream: TokenStream = served.submit(prompt_ids, params)
     pump = EventPump(stream)
 
     def line(text: str, done: bool) -> dict[str, Any]:
@@ -441,7 +470,7 @@ async def embed(request: Request) -> dict[str, Any]:
         raise bad_request("every input needs some text")
     if body.dimensions is not None and body.dimensions < 1:
         raise bad_request(f"dimensions must be at least 1, got {body.dimensions}")
-    target = await anyio.to_thread.run_sync(state.embedding_model, body.model)
+    target = await state.embedding_target(request, body.model, keep_alive=getattr(body, "keep_alive", None))
     result = await anyio.to_thread.run_sync(state.embed, target, texts)
     if result.vectors:
         check_dimensions(body.dimensions, len(result.vectors[0]))
@@ -461,7 +490,7 @@ async def embeddings(request: Request) -> dict[str, Any]:
     body = parse_body(OllamaEmbeddingsRequest, await request.body())
     if not body.model:
         raise bad_request("model is required")
-    target = await anyio.to_thread.run_sync(state.embedding_model, body.model)
+    target = await state.embedding_target(request, body.model, keep_alive=getattr(body, "keep_alive", None))
     if not body.prompt:
         return {"embedding": []}
     result = await anyio.to_thread.run_sync(state.embed, target, [body.prompt])

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 
 from influence_tui.server.access import record_usage
 from influence_tui.server.errors import bad_request
+from influence_tui.server.models import ServedModel
 from influence_tui.server.openai_routes import server_state
 from influence_tui.server.schemas import EmbeddingRequest, parse_body
 
@@ -65,11 +66,11 @@ async def embeddings(request: Request) -> dict[str, Any]:
         raise bad_request(f"encoding_format must be 'float' or 'base64', got {encoding!r}", param="encoding_format")
     if body.dimensions is not None and body.dimensions < 1:
         raise bad_request(f"dimensions must be at least 1, got {body.dimensions}", param="dimensions")
-    target = await anyio.to_thread.run_sync(state.embedding_model, body.model)
-    if target is None:
+    target = await state.embedding_target(request, body.model)
+    if isinstance(target, ServedModel):
         for item in inputs:
             if not isinstance(item, str):
-                state.check_token_ids(item, "input")
+                target.check_token_ids(item, "input")
     result = await anyio.to_thread.run_sync(state.embed, target, inputs)
     if result.vectors:
         check_dimensions(body.dimensions, len(result.vectors[0]))

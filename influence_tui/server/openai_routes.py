@@ -18,11 +18,13 @@ from fastapi.responses import JSONResponse, Response
 
 from influence_tui import __version__
 from influence_tui.core.errors import InfluenceError
+from influence_tui.core.model_ids import model_id
 from influence_tui.core.remotes import RemoteModel
-from influence_tui.core.types import ChatMessage, GenerationStats, LoadedModelInfo, Role
+from influence_tui.core.types import ChatMessage, GenerationStats, LoadedModelInfo, LocalModel, Role
 from influence_tui.server.access import record_usage
 from influence_tui.server.errors import APIError, bad_request, from_influence_error, log
 from influence_tui.server.gateway import open_chat, open_completion, upstream_engine, upstream_models
+from influence_tui.server.models import ServedModel
 from influence_tui.server.params import RequestedSampling, sampling_params
 from influence_tui.server.schemas import (
     ChatCompletionRequest,
@@ -55,17 +57,31 @@ def server_state(request: Request) -> ServerState:
 # ------------------------------------------------------------------------------------------ models
 
 
-def _model_card(state: ServerState) -> dict[str, Any]:
+def _model_card(model: LocalModel, served: ServedModel | None) -> dict[str, Any]:
     card: dict[str, Any] = {
-        "id": state.model_id,
+        "id": served.model_id if served is not None else model_id(model),
         "object": "model",
-        "created": int(model_modified(state.model)),
+        "created": int(model_modified(model)),
         "owned_by": "influence",
     }
-    info = state.runner.info if state.status == "ok" else None
+    info = served.info if served is not None else None
     if info is not None:
         card["max_model_len"] = info.context_length  # vLLM's name: remote engines read the context from it
+    card["loaded"] = info is not None
     return card
+
+
+def _library_cards(state: ServerState) -> list[dict[str, Any]]:
+    """The loaded models first (the started one leading), then every other loadable model of the library."""
+    entries = [state.started, *(e for e in state.pool.entries() if e is not state.started)]
+    cards = [_model_card(e.model, e) for e in entries]
+    seen = {card["id"] for card in cards}
+    for model in state.library.models():
+        if model.runtime is None or model_id(model) in seen:
+            continue
+        seen.add(model_id(model))
+        cards.append(_model_card(model, None))
+    return cards
 
 
 def _remote_card(model: RemoteModel) -> dict[str, Any]:
@@ -84,7 +100,8 @@ def _remote_card(model: RemoteModel) -> dict[str, Any]:
 async def list_models(request: Request) -> dict[str, Any]:
     state = server_state(request)
     remote = [_remote_card(m) for m in await upstream_models(state.gateway)]
-    return {"object": "list", "data": [_model_card(state), *remote]}
+    local = await anyio.to_thread.run_sync(_library_cards, state)
+    return {"object": "list", "data": [*local, *remote]}
 
 
 @router.get("/models/{model_id:path}")
@@ -93,8 +110,8 @@ async def get_model(request: Request, model_id: str) -> dict[str, Any]:
     engine = await upstream_engine(state.gateway, model_id)
     if engine is not None:
         return _remote_card(engine.model)
-    state.served_name(model_id)
-    return _model_card(state)
+    model = await anyio.to_thread.run_sync(state.resolve, model_id)
+    return _model_card(model, state.pool.find(model_id))
 
 
 # ------------------------------------------------------------------------------------------ shared
@@ -131,6 +148,10 @@ def _check_max_tokens(max_tokens: int | None, info: LoadedModelInfo, param: str)
 
 
 def _finish_reason(stats: GenerationStats | None) -> str:
+    """``length``, ``stop``, or ``abort`` for a generation the server ended (shutting down: a client that
+    cancels its own request is gone and reads nothing), as vLLM says it."""
+    if stats is not None and stats.finish_reason == "cancelled":
+        return "abort"
     return "length" if stats is not None and stats.finish_reason == "length" else "stop"
 
 
@@ -198,7 +219,6 @@ async def chat_completions(request: Request) -> Response:
     state = server_state(request)
     body = parse_body(ChatCompletionRequest, await request.body())
     remote = await upstream_engine(state.gateway, body.model)
-    model = remote.model.name if remote is not None else state.served_name(body.model)
     messages = chat_messages(body.messages)
     if body.logprobs:
         raise bad_request("logprobs are not supported", param="logprobs")
@@ -209,12 +229,15 @@ async def chat_completions(request: Request) -> Response:
         params = sampling_params(state.settings, _requested(body, max_tokens), names={"max_tokens": max_param})
         plan, stream = await open_chat(remote, messages, params)
         pump = EventPump(stream)
+        model = remote.model.name
     else:
-        info = state.require_ready()
+        served = await state.acquire(request, body.model)
+        model = served.model_id
+        info = served.require_ready()
         _check_max_tokens(max_tokens, info, max_param)
         params = sampling_params(state.settings, _requested(body, max_tokens), names={"max_tokens": max_param})
-        plan = await anyio.to_thread.run_sync(state.chat_prompt, messages, params, info.context_length)
-        pump = EventPump(state.submit(plan.prompt_ids, params))
+        plan = await anyio.to_thread.run_sync(served.chat_prompt, messages, params, info.context_length)
+        pump = EventPump(served.submit(plan.prompt_ids, params))
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     if body.stream:
@@ -306,7 +329,9 @@ def _prompts(prompt: str | list[str] | list[int] | list[list[int]] | None) -> li
     return list(prompt)  # type: ignore[arg-type]
 
 
-def _prompt_ids(state: ServerState, prompts: list[str | list[int]], info: LoadedModelInfo) -> list[list[int]]:
+def _prompt_ids(
+    state: ServerState | ServedModel, prompts: list[str | list[int]], info: LoadedModelInfo
+) -> list[list[int]]:
     """Token ids of each prompt (blocking: tokenizes), checked to leave room for a reply."""
     all_ids: list[list[int]] = []
     for index, prompt in enumerate(prompts):
@@ -333,7 +358,6 @@ async def completions(request: Request) -> Response:
     state = server_state(request)
     body = parse_body(CompletionRequest, await request.body())
     remote = await upstream_engine(state.gateway, body.model)
-    model = remote.model.name if remote is not None else state.served_name(body.model)
     prompts = _prompts(body.prompt)
     if body.suffix:
         raise bad_request("suffix (fill-in-the-middle) is not supported", param="suffix")
@@ -350,17 +374,20 @@ async def completions(request: Request) -> Response:
         prompt_ids: list[list[int]] = [[] for _ in texts]
         echoes = texts if body.echo else [""] * len(texts)
         pumps = [EventPump(await open_completion(remote, text, params)) for text in texts]
+        model = remote.model.name
     else:
-        info = state.require_ready()
+        served = await state.acquire(request, body.model)
+        model = served.model_id
+        info = served.require_ready()
         _check_max_tokens(body.max_tokens, info, "max_tokens")
-        prompt_ids = await anyio.to_thread.run_sync(_prompt_ids, state, prompts, info)
+        prompt_ids = await anyio.to_thread.run_sync(_prompt_ids, served, prompts, info)
         echoes = [""] * len(prompts)
         if body.echo:
-            echoes = [p if isinstance(p, str) else await anyio.to_thread.run_sync(state.decode, p) for p in prompts]
+            echoes = [p if isinstance(p, str) else await anyio.to_thread.run_sync(served.decode, p) for p in prompts]
         pumps = []
         try:
             for ids in prompt_ids:
-                pumps.append(EventPump(state.submit(ids, params)))
+                pumps.append(EventPump(served.submit(ids, params)))
         except APIError:  # the queue filled up part way: the prompts already queued are not wanted any more
             for pump in pumps:
                 pump.cancel()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 from influence_tui.core.config import Settings
+from influence_tui.core.params import PARAM_RANGES
 from influence_tui.core.types import SamplingParams
 from influence_tui.server.errors import bad_request
 
@@ -25,12 +25,12 @@ class RequestedSampling:
     stop: str | list[str] | None = None
 
 
-def _check_range(name: str, value: float | None, low: float, high: float | None = None) -> None:
-    if value is None:
-        return
-    if not math.isfinite(value) or value < low or (high is not None and value > high):
-        limit = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
-        raise bad_request(f"{name} must be {limit}, got {value!r}", param=name)
+def _check_range(field: str, name: str, value: float | None) -> None:
+    """A 400 naming ``name`` (the request's name for ``field``) when ``value`` is outside the field's one range,
+    the range the config and ``/set`` use too (:data:`~influence_tui.core.params.PARAM_RANGES`)."""
+    bounds = PARAM_RANGES[field]
+    if value is not None and not bounds.contains(value):
+        raise bad_request(f"{name} must be {bounds.describe()}, got {value!r}", param=name)
 
 
 def stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
@@ -50,18 +50,8 @@ def sampling_params(
     def name(field: str) -> str:
         return names.get(field, field)
 
-    _check_range(name("temperature"), asked.temperature, 0.0)
-    _check_range(name("top_p"), asked.top_p, 0.0, 1.0)
-    _check_range(name("min_p"), asked.min_p, 0.0, 1.0)
-    _check_range(name("top_k"), asked.top_k, 0)
-    _check_range(name("repeat_last_n"), asked.repeat_last_n, 0)
-    if asked.repeat_penalty is not None and (not math.isfinite(asked.repeat_penalty) or asked.repeat_penalty <= 0):
-        raise bad_request(
-            f"{name('repeat_penalty')} must be above 0 (1 is off), got {asked.repeat_penalty!r}",
-            param=name("repeat_penalty"),
-        )
-    if asked.max_tokens is not None and asked.max_tokens < 1:
-        raise bad_request(f"{name('max_tokens')} must be at least 1, got {asked.max_tokens}", param=name("max_tokens"))
+    for field in ("temperature", "top_p", "min_p", "top_k", "repeat_penalty", "repeat_last_n", "max_tokens"):
+        _check_range(field, name(field), getattr(asked, field))
     params = SamplingParams.from_settings(settings)
     changes: dict[str, object] = {
         key: value

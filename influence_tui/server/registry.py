@@ -41,6 +41,8 @@ class ServerRecord:
     log: str | None = None
     detached: bool = False
     api_key: bool = False
+    shutdown_grace: float = 10.0
+    """Seconds it lets running requests finish when stopped (``serve --stop`` waits that long and more)."""
 
     @property
     def path(self) -> Path:
@@ -73,7 +75,15 @@ def is_running(record: ServerRecord) -> bool:
 
 
 def write_record(
-    *, url: str, host: str, port: int, model: str, log: str | None, detached: bool, api_key: bool
+    *,
+    url: str,
+    host: str,
+    port: int,
+    model: str,
+    log: str | None,
+    detached: bool,
+    api_key: bool,
+    shutdown_grace: float = 10.0,
 ) -> ServerRecord:
     pid = os.getpid()
     record = ServerRecord(
@@ -87,6 +97,7 @@ def write_record(
         log=log,
         detached=detached,
         api_key=api_key,
+        shutdown_grace=shutdown_grace,
     )
     path = record.path
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -132,7 +132,7 @@ class _OllamaBase(_Body):
     model: str | None = None
     options: OllamaOptions | None = None
     keep_alive: Any = None
-    """Accepted and ignored: the served model stays loaded while the server runs."""
+    """How long the model stays loaded after this request (Ollama's durations; 0 unloads it, negative: forever)."""
 
 
 class OllamaGenerateRequest(_OllamaBase):

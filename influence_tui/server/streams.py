@@ -25,15 +25,17 @@ from influence_tui.core.types import GenerationStats, TokenEvent
 
 
 @dataclass(frozen=True)
-class _Failed:
+class _PumpFailure:
+    """Reading the token stream raised: raised again on the event loop."""
+
     error: BaseException
 
 
-class _End:
-    pass
+class _PumpEnd:
+    """The token stream ended without a final event."""
 
 
-_END = _End()
+_PUMP_END = _PumpEnd()
 
 
 class EventPump:
@@ -46,7 +48,7 @@ class EventPump:
     def __init__(self, stream: TokenStream) -> None:
         self.stream = stream
         self._loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[TokenEvent | _Failed | _End] = asyncio.Queue()
+        self._queue: asyncio.Queue[TokenEvent | _PumpFailure | _PumpEnd] = asyncio.Queue()
         self._finished = False
         self._thread = threading.Thread(target=self._read, name="influence-stream-reader", daemon=True)
         self._thread.start()
@@ -56,11 +58,11 @@ class EventPump:
             for event in self.stream:
                 self._deliver(event)
         except BaseException as exc:
-            self._deliver(_Failed(exc))
+            self._deliver(_PumpFailure(exc))
         else:
-            self._deliver(_END)
+            self._deliver(_PUMP_END)
 
-    def _deliver(self, item: TokenEvent | _Failed | _End) -> None:
+    def _deliver(self, item: TokenEvent | _PumpFailure | _PumpEnd) -> None:
         try:
             self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
         except RuntimeError:  # the loop is closed: nobody is left to read, so stop generating
@@ -81,9 +83,9 @@ class EventPump:
         try:
             while True:
                 item = await self._queue.get()
-                if isinstance(item, _End):
+                if isinstance(item, _PumpEnd):
                     return
-                if isinstance(item, _Failed):
+                if isinstance(item, _PumpFailure):
                     self._finished = True
                     raise item.error
                 if item.stats is not None:

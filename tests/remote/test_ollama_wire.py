@@ -9,7 +9,8 @@ import pytest
 from influence_tui.core.engine.remote import RemoteEngine
 from influence_tui.core.engine.remote_http import detect_kind
 from influence_tui.core.errors import RemoteError
-from influence_tui.core.remotes import Remote, RemoteModel, list_remote
+from influence_tui.core.remote_catalog import list_remote
+from influence_tui.core.remotes import Remote, RemoteModel
 from influence_tui.core.types import ChatMessage, SamplingParams
 from tests.server.conftest import Served
 
@@ -26,7 +27,10 @@ def test_an_ollama_remote_lists_chats_and_reports_the_servers_figures(tiny_serve
     remote = Remote(name="box", url=tiny_server.url, kind="ollama")
     listing = list_remote(remote)
     assert listing.ok, listing.error
-    assert [m.name for m in listing.models] == [f"{tiny_server.model.name}@box"]
+    names = [m.name for m in listing.models]
+    # the loaded model first, then the rest of that server's library (it loads them on demand)
+    assert names[0] == f"{tiny_server.model.name}@box" and all(name.endswith("@box") for name in names)
+    assert "tiny-bert@box" in names
     engine = RemoteEngine(listing.models[0])
     info = engine.load()
     assert info.context_length == tiny_server.runner.info.context_length  # num_ctx from /api/show  # type: ignore[union-attr]

@@ -26,11 +26,19 @@ from influence_tui.server.app import create_app
 
 
 class ServerThread:
-    """uvicorn serving ``app`` on a free port of 127.0.0.1 until :meth:`stop`."""
+    """uvicorn serving ``app`` on a free port of 127.0.0.1 until :meth:`stop`; with ``grace_s``, the server
+    ``influence serve`` runs (:class:`~influence_tui.server.lifecycle.GracefulServer`), which a test stops as a
+    signal would with ``server.handle_exit(signal.SIGTERM, None)``."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, grace_s: float | None = None) -> None:
         config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", access_log=False)
-        self.server = uvicorn.Server(config)
+        if grace_s is None:
+            self.server = uvicorn.Server(config)
+        else:
+            from influence_tui.server.app import server_state
+            from influence_tui.server.lifecycle import GracefulServer
+
+            self.server = GracefulServer(config, server_state(app), grace_s=grace_s)
         self.thread = threading.Thread(target=self.server.run, name="test-uvicorn", daemon=True)
 
     def start(self) -> ServerThread:

@@ -23,8 +23,9 @@ def client(tiny_server: Served) -> ollama.Client:
 
 def test_list_show_ps_version_root(client: ollama.Client, tiny_server: Served) -> None:
     name = tiny_server.model.name
-    (listed,) = client.list().models
+    listed, *others = client.list().models  # the served model first, then the rest of the library
     assert listed.model == name
+    assert name not in [m.model for m in others]
     assert listed.size == tiny_server.model.size_bytes
     assert listed.details is not None and listed.details.family == "llama"
     assert listed.digest is not None and len(listed.digest) == 64

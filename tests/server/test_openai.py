@@ -37,7 +37,10 @@ def _sse_events(response: httpx.Response) -> list[str]:
 
 def test_models_list(client: openai.OpenAI, tiny_server: Served) -> None:
     models = client.models.list()
-    assert [m.id for m in models.data] == [tiny_server.model.name]
+    ids = [m.id for m in models.data]  # the served model first, then the rest of the library
+    assert ids[0] == tiny_server.model.name and ids.count(tiny_server.model.name) == 1
+    assert models.data[0].model_extra and models.data[0].model_extra["loaded"] is True
+    assert all(m.model_extra and m.model_extra["loaded"] is False for m in models.data[1:])
     assert models.data[0].owned_by == "influence"
     assert client.models.retrieve(tiny_server.model.name).id == tiny_server.model.name
 
