@@ -182,6 +182,10 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     """Stop strings: generation ends before the first one (it is never emitted)."""
+    grammar: Grammar | None = None
+    """Constrained output: only text of this grammar can be generated (see ``core.engine.constrain``)."""
+    logprobs: int | None = None
+    """None: no log probabilities; N (0 to 20): each token's, with the N most likely alternatives."""
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> SamplingParams:
@@ -198,6 +202,15 @@ class SamplingParams:
         if "stop" in values:
             values["stop"] = tuple(values["stop"])
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class Grammar:
+    """A checked llguidance grammar document (JSON text); build one with ``core.engine.constrain``."""
+
+    document: str
+    kind: str
+    """``json_object``, ``json_schema``, ``lark`` or ``regex``."""
 
 
 @dataclass(frozen=True)
@@ -227,6 +240,10 @@ class TokenEvent:
     token_id: int | None = None
     stats: GenerationStats | None = None
     """Set on the final event only."""
+    logprob: float | None = None
+    """The token's log probability under the model (when the request asked for logprobs)."""
+    top_logprobs: tuple[tuple[int, float], ...] = ()
+    """The most likely tokens at this step and their log probabilities, most likely first."""
 
     @property
     def done(self) -> bool:

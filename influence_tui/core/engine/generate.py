@@ -23,7 +23,7 @@ import inspect
 import threading
 import time
 from collections.abc import Collection, Iterator, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -31,6 +31,9 @@ from influence_tui.core.engine.kvcache import CachedSequence, PromptCache, new_c
 from influence_tui.core.engine.sampling import make_generator, sample_next
 from influence_tui.core.errors import InfluenceError
 from influence_tui.core.types import FinishReason, GenerationStats, SamplingParams, TokenEvent
+
+if TYPE_CHECKING:
+    from influence_tui.core.engine.constrain import TokenConstraint
 
 _REPLACEMENT_CHAR = "\ufffd"
 
@@ -225,6 +228,12 @@ class Generation:
         self.device = _model_device(model)
         self._extra = _forward_kwargs(model)
         self._generator = make_generator(params.seed, self.device) if params.temperature > 0 else None
+        self._constraint: TokenConstraint | None = None
+        if params.grammar is not None:
+            from influence_tui.core.engine.constrain import TokenConstraint
+
+            self._constraint = TokenConstraint(tokenizer, params.grammar, self._eos)
+        self._picked: tuple[float | None, tuple[tuple[int, float], ...]] = (None, ())
         if prompt_cache is not None:
             self.entry, self.reused = prompt_cache.take(model, prompt)
             self._given_back = False
@@ -294,7 +303,7 @@ class Generation:
             self._prefilled = end
             if end < n_prompt:
                 return []
-            token = sample_next(out.logits[0, -1], self.params, self._context, self._generator)
+            token = self._pick(out.logits[0, -1])
             del out
         self._first_token_at = time.perf_counter()
         self._prefill_s = self._first_token_at - self._start
@@ -321,15 +330,36 @@ class Generation:
         """The logits ``[vocab]`` of the step that wrote :attr:`token` into the cache: sample the next token."""
         self.entry.tokens.append(self.token)
         self.position += 1
-        return self._emit(sample_next(logits, self.params, self._context, self._generator))
+        return self._emit(self._pick(logits))
+
+    def _pick(self, logits: torch.Tensor) -> int:
+        """The next token from one position's logits: the grammar's mask (if any), then the sampler; the
+        token's log probabilities (if asked) are the model's own, before any of that."""
+        n = self.params.logprobs
+        if n is not None:
+            logp = torch.log_softmax(logits.float(), dim=-1)
+        constraint = self._constraint
+        token = sample_next(
+            constraint.mask(logits) if constraint is not None else logits, self.params, self._context, self._generator
+        )
+        if constraint is not None:
+            constraint.consume(token)
+        if n is not None:
+            top: tuple[tuple[int, float], ...] = ()
+            if n > 0:
+                values, ids = torch.topk(logp, min(n, logp.shape[-1]))
+                top = tuple(zip(ids.tolist(), values.tolist(), strict=True))
+            self._picked = (float(logp[token]), top)
+        return token
 
     def _emit(self, token: int) -> list[TokenEvent]:
         self.generated += 1
         if token in self._eos:
             return self._finish("stop")
         piece = self._stops.feed(self._detok.push(token))
-        events = [TokenEvent(piece, token_id=token)]
-        if self._stops.stopped:
+        logprob, top = self._picked
+        events = [TokenEvent(piece, token_id=token, logprob=logprob, top_logprobs=top)]
+        if self._stops.stopped or (self._constraint is not None and self._constraint.finished):
             return events + self._finish("stop")
         if self.generated >= self._budget:
             return events + self._finish("length")
