@@ -64,8 +64,14 @@ def test_a_chat_with_the_llama_server(llama: Remote) -> None:
         # Esc stops a long reply at once; the next question is answered
         # (greedy counting runs on for the whole budget; a sampled story may end on its own before the key)
         await ui.send("/set max_tokens 400")
+        before = len(ui.views)
         await ui.send("Count from 1 to 500, one number per line.")
-        await ui.wait_for(lambda: len(ui.views[-1].source) > 10, "the story to start", timeout=30)
+        # (a new reply's view: the last one may still be the previous answer when the machine is busy)
+        await ui.wait_for(
+            lambda: len(ui.views) >= before + 2 and ui.views[-1].role == "assistant" and len(ui.views[-1].source) > 10,
+            "the count to start",
+            timeout=30,
+        )
         await ui.pilot.press("escape")
         await ui.wait_for(lambda: not ui.chat.busy, "the story to stop", timeout=2)
         await ui.idle()
