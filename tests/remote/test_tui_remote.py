@@ -75,7 +75,7 @@ def test_a_chat_with_the_llama_server(llama: Remote) -> None:
         await ui.pilot.press("escape")
         await ui.wait_for(lambda: not ui.chat.busy, "the story to stop", timeout=2)
         await ui.idle()
-        assert ui.views[-1].state == "stopped"
+        assert ui.views[-1].state == "stopped", (before, [(v.role, v.state, v.source[:40]) for v in ui.views])
         await ui.send("/set max_tokens 16")
         assert "Paris" in (await ui.ask("What is the capital of France?")).source
 
