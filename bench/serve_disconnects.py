@@ -37,7 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.serve_load import TOPICS, start_ours  # noqa: E402
+from bench.serve_load import TOPICS, model_gguf, start_ours  # noqa: E402
 
 RSS_TARGET = 0.05
 """How far above its idle RSS the server may stay after the run."""
@@ -247,15 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
 
-    if args.model == "demo":
-        from influence_tui.core.library import demo_model_file
-
-        found = demo_model_file()
-        if found is None:
-            parser.error("the demo model is not installed (make install installs it)")
-        gguf = found
-    else:
-        gguf = Path(args.model).expanduser().resolve()
+    gguf = model_gguf(parser, args.model)
     with tempfile.TemporaryDirectory() as home:
         server, served = start_ours(
             args.model if args.model == "demo" else str(gguf), gguf, args.threads, args.parallel, Path(home)

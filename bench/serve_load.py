@@ -155,6 +155,18 @@ def _env(threads: int, home: Path) -> dict[str, str]:
     return env
 
 
+def model_gguf(parser: argparse.ArgumentParser, model: str) -> Path:
+    """The GGUF file ``--model`` names: the installed demo for ``demo``, else the path given."""
+    if model != "demo":
+        return Path(model).expanduser().resolve()
+    from influence_tui.core.library import demo_model_file
+
+    found = demo_model_file()
+    if found is None:
+        parser.error("the demo model is not installed (make install installs it)")
+    return found
+
+
 def start_ours(model: str, gguf: Path, threads: int, parallel: int, home: Path) -> tuple[Server, str]:
     port = _free_port()
     command = [sys.executable, "-m", "influence_tui", "serve", "--model", model, "--port", str(port)]
@@ -295,15 +307,7 @@ def main(argv: list[str] | None = None) -> int:
 
     clients = sorted({int(c) for c in args.clients.split(",") if c.strip()})
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    if args.model == "demo":
-        from influence_tui.core.library import demo_model_file
-
-        found = demo_model_file()
-        if found is None:
-            parser.error("the demo model is not installed (make install installs it)")
-        gguf = found
-    else:
-        gguf = Path(args.model).expanduser().resolve()
+    gguf = model_gguf(parser, args.model)
     if "llamacpp" in systems and importlib.util.find_spec("llama_cpp") is None:
         print("llama-cpp-python is not installed: llama.cpp's server is left out", file=sys.stderr)
         systems.remove("llamacpp")
