@@ -43,17 +43,11 @@ _LABELS = {"json_object": "JSON object", "json_schema": "JSON schema", "lark": "
 def _checked(document: str, kind: str) -> Grammar:
     import llguidance
 
-    ok, errors = _validate(llguidance, document)
-    if not ok:
-        raise GrammarError(f"the {_LABELS[kind]} cannot be used for constrained output: {errors.strip()}")
-    return Grammar(document, kind)
-
-
-def _validate(llguidance: Any, document: str) -> tuple[bool, str]:
     is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(document, None)
     if is_error:
-        return False, "; ".join(messages) or "invalid grammar"
-    return True, ""
+        errors = "; ".join(m.strip() for m in messages) or "invalid grammar"
+        raise GrammarError(f"the {_LABELS[kind]} cannot be used for constrained output: {errors}")
+    return Grammar(document, kind)
 
 
 # Compact JSON (a small model cannot wander into endless newlines); keywords llguidance does not implement
@@ -156,6 +150,10 @@ def ll_tokenizer(tokenizer: Any, eos_token_ids: Collection[int]) -> Any:
 # ------------------------------------------------------------------------------------------ one generation
 
 
+_BITS = torch.tensor([1 << i for i in range(32)], dtype=torch.int64)
+"""The 32 bits of one word of llguidance's token bitmask, lowest first."""
+
+
 class TokenConstraint:
     """One generation's grammar matcher: which tokens may come next, and the tokens taken so far."""
 
@@ -170,7 +168,6 @@ class TokenConstraint:
                 f"the {_LABELS.get(grammar.kind, 'grammar')} cannot be used: {self._matcher.get_error()}"
             )
         self.grammar = grammar
-        self._bits = torch.tensor([1 << i for i in range(32)], dtype=torch.int64)
 
     @property
     def finished(self) -> bool:
@@ -188,7 +185,7 @@ class TokenConstraint:
         if self._matcher.is_error():
             raise GrammarError(f"constrained decoding failed: {self._matcher.get_error()}")
         words = torch.frombuffer(bytearray(raw), dtype=torch.int32).to(torch.int64)
-        bits = (words.unsqueeze(1) & self._bits) != 0
+        bits = (words.unsqueeze(1) & _BITS) != 0
         return bits.reshape(-1)[: self.vocab]
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:

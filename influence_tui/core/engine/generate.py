@@ -233,7 +233,6 @@ class Generation:
             from influence_tui.core.engine.constrain import TokenConstraint
 
             self._constraint = TokenConstraint(tokenizer, params.grammar, self._eos)
-        self._picked: tuple[float | None, tuple[tuple[int, float], ...]] = (None, ())
         if prompt_cache is not None:
             self.entry, self.reused = prompt_cache.take(model, prompt)
             self._given_back = False
@@ -303,12 +302,12 @@ class Generation:
             self._prefilled = end
             if end < n_prompt:
                 return []
-            token = self._pick(out.logits[0, -1])
+            picked = self._pick(out.logits[0, -1])
             del out
         self._first_token_at = time.perf_counter()
         self._prefill_s = self._first_token_at - self._start
         self.position = n_prompt
-        return self._emit(token)
+        return self._emit(*picked)
 
     def decode_alone(self) -> list[TokenEvent]:
         """One decode step through the model's own call (batch of one)."""
@@ -330,11 +329,12 @@ class Generation:
         """The logits ``[vocab]`` of the step that wrote :attr:`token` into the cache: sample the next token."""
         self.entry.tokens.append(self.token)
         self.position += 1
-        return self._emit(self._pick(logits))
+        return self._emit(*self._pick(logits))
 
-    def _pick(self, logits: torch.Tensor) -> int:
-        """The next token from one position's logits: the grammar's mask (if any), then the sampler; the
-        token's log probabilities (if asked) are the model's own, before any of that."""
+    def _pick(self, logits: torch.Tensor) -> tuple[int, float | None, tuple[tuple[int, float], ...]]:
+        """The next token from one position's logits: the grammar's mask (if any), then the sampler. With it,
+        when the request asked for them, the token's log probability and the most likely tokens': the model's
+        own, before any of that."""
         n = self.params.logprobs
         if n is not None:
             logp = torch.log_softmax(logits.float(), dim=-1)
@@ -344,20 +344,21 @@ class Generation:
         )
         if constraint is not None:
             constraint.consume(token)
-        if n is not None:
-            top: tuple[tuple[int, float], ...] = ()
-            if n > 0:
-                values, ids = torch.topk(logp, min(n, logp.shape[-1]))
-                top = tuple(zip(ids.tolist(), values.tolist(), strict=True))
-            self._picked = (float(logp[token]), top)
-        return token
+        if n is None:
+            return token, None, ()
+        top: tuple[tuple[int, float], ...] = ()
+        if n > 0:
+            values, ids = torch.topk(logp, min(n, logp.shape[-1]))
+            top = tuple(zip(ids.tolist(), values.tolist(), strict=True))
+        return token, float(logp[token]), top
 
-    def _emit(self, token: int) -> list[TokenEvent]:
+    def _emit(
+        self, token: int, logprob: float | None = None, top: tuple[tuple[int, float], ...] = ()
+    ) -> list[TokenEvent]:
         self.generated += 1
         if token in self._eos:
             return self._finish("stop")
         piece = self._stops.feed(self._detok.push(token))
-        logprob, top = self._picked
         events = [TokenEvent(piece, token_id=token, logprob=logprob, top_logprobs=top)]
         if self._stops.stopped or (self._constraint is not None and self._constraint.finished):
             return events + self._finish("stop")
